@@ -1,0 +1,258 @@
+"""How much does edgepack_runtime add on top of the bare ONNX Runtime floor, and how does it compare with the
+Optimum + transformers pipeline path? Same graph, same queries, same threads, one process, interleaved.
+
+    python benchmarks/runtime_overhead.py [BUNDLE] [--threads N] [--runs N] [--out PREFIX]
+
+Three ways to answer one query at batch 1, tokenization included:
+  runtime   edgepack_runtime.Classifier.predict (verification done at load; softmax, top-k, threshold per call)
+  bare      tokenizers.Tokenizer.encode + numpy arrays + InferenceSession.run (the floor: no softmax, no checks)
+  pipeline  transformers.pipeline("text-classification") around Optimum's ORTModelForSequenceClassification,
+            loaded from a temp folder holding the bundle's model.onnx, a config.json built from labels.json and
+            the manifest, and the bundle's tokenizer.json
+Each timed round runs every method once on the same query, in an order that rotates from round to round.
+Prints a table and writes PREFIX.json and PREFIX.md (a markdown snippet for RESULTS.md).
+Needs the build environment (transformers, optimum); the runtime itself does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from edgepack_runtime import Classifier
+from edgepack_runtime.bench import SAMPLE_QUERIES
+from edgepack_runtime.data import DataError, load_labeled
+from tokenizers import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CLINC = ROOT.parent / "shared" / "data" / "clinc150"
+Method = Callable[[str], str]  # query -> top label (for the agreement check)
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+def runtime_method(clf: Classifier) -> Method:
+    return lambda text: clf.predict(text).top_k[0][0]
+
+
+def bare_method(bundle: Path, threads: int, labels: list[str]) -> Method:
+    session = ort.InferenceSession(
+        (bundle / "model.onnx").read_bytes(), session_options(threads), providers=["CPUExecutionProvider"]
+    )
+    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    names = {i.name for i in session.get_inputs()}
+
+    def run(text: str) -> str:
+        ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if "token_type_ids" in names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        logits = session.run(["logits"], feeds)[0]
+        return labels[int(logits[0].argmax())]
+
+    return run
+
+
+def pipeline_folder(
+    bundle: Path, manifest: dict[str, Any], labels: list[str], model_type: str, folder: Path
+) -> None:
+    """A folder Optimum and transformers can load: the bundle's graph and tokenizer plus config files."""
+    shutil.copyfile(bundle / "model.onnx", folder / "model.onnx")
+    shutil.copyfile(bundle / "tokenizer.json", folder / "tokenizer.json")
+    model = manifest["model"]
+    config = {
+        "model_type": model_type,
+        "architectures": ["BertForSequenceClassification"],
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "vocab_size": model["vocab_size"],
+        "max_position_embeddings": model["max_position_embeddings"],
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    vocab = Tokenizer.from_file(str(bundle / "tokenizer.json")).get_vocab()
+    specials = {
+        f"{role}_token": token
+        for role, token in (
+            ("cls", "[CLS]"),
+            ("sep", "[SEP]"),
+            ("pad", "[PAD]"),
+            ("unk", "[UNK]"),
+            ("mask", "[MASK]"),
+        )
+        if token in vocab
+    }
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model["max_length"]}
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**tokenizer_config, **specials}), encoding="utf-8"
+    )
+
+
+def pipeline_method(folder: Path, threads: int) -> Method:
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    model = ORTModelForSequenceClassification.from_pretrained(
+        folder,
+        file_name="model.onnx",
+        provider="CPUExecutionProvider",
+        session_options=session_options(threads),
+    )
+    classify = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(folder))
+    return lambda text: classify(text, truncation=True)[0]["label"]
+
+
+def queries(data: Path | None, count: int) -> list[str]:
+    """Real queries when the CLINC data (or --data) is at hand, else the runtime's sample queries."""
+    try:
+        texts = [text for text, _ in load_labeled(data or CLINC, split="test")]
+    except DataError:
+        return list(SAMPLE_QUERIES)
+    random.Random(0).shuffle(texts)
+    return texts[:count]
+
+
+def summarize(times_ms: list[float]) -> dict[str, float]:
+    ordered = np.asarray(times_ms)
+    return {
+        "median_ms": float(np.median(ordered)),
+        "p90_ms": float(np.percentile(ordered, 90)),
+        "p99_ms": float(np.percentile(ordered, 99)),
+        "mean_ms": float(ordered.mean()),
+        "std_ms": float(ordered.std(ddof=1)),
+    }
+
+
+def measure(methods: dict[str, Method], texts: list[str], runs: int, warmup: int) -> dict[str, list[float]]:
+    names = list(methods)
+    for text in texts[:warmup]:
+        for name in names:
+            methods[name](text)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        text = texts[r % len(texts)]
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter_ns()
+            methods[name](text)
+            times[name].append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def markdown(report: dict[str, Any]) -> str:
+    stats, ratios = report["methods"], report["ratios"]
+    lines = [
+        f"### Runtime overhead: `{report['bundle']}` ({report['threads']} thread(s), {report['runs']} interleaved runs)",
+        "",
+        "| path | median ms | p90 ms | p99 ms | mean ms | std ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, s in stats.items():
+        lines.append(
+            f"| {name} | {s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} | {s['mean_ms']:.3f} | "
+            f"{s['std_ms']:.3f} |"
+        )
+    lines += [
+        "",
+        f"runtime / bare (median): **{ratios['runtime_over_bare']:.3f}** (goal <= 1.10: "
+        f"{'met' if ratios['runtime_over_bare'] <= 1.10 else 'not met'}); "
+        f"pipeline / runtime (median): **{ratios['pipeline_over_runtime']:.2f}x** (goal >= 2: "
+        f"{'met' if ratios['pipeline_over_runtime'] >= 2 else 'not met'}). "
+        f"Top labels agree on {report['agreement']['runtime_vs_bare']:.1%} (runtime vs bare) and "
+        f"{report['agreement']['runtime_vs_pipeline']:.1%} (runtime vs pipeline) of {report['queries']} queries.",
+        "",
+        f"CPU: {report['environment']['cpu']}; onnxruntime {report['environment']['onnxruntime']}, "
+        f"tokenizers {report['environment']['tokenizers']}, transformers {report['environment']['transformers']}, "
+        f"optimum-onnx {report['environment']['optimum-onnx']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", nargs="?", default=str(ROOT / "bundles" / "clinc-int8"), type=Path)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--runs", type=int, default=1000, help="interleaved rounds (each times every method once)"
+    )
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--queries", type=int, default=200, help="distinct queries, cycled through")
+    parser.add_argument("--data", type=Path, help="labeled file for the queries (default: CLINC test split)")
+    parser.add_argument("--model-type", default="bert", help="config.json model_type for the pipeline path")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runtime_overhead")
+    args = parser.parse_args()
+    if args.runs < 2 or args.threads < 0:
+        parser.error("--runs must be at least 2 and --threads at least 0")
+
+    clf = Classifier.load(args.bundle, threads=args.threads)
+    texts = queries(args.data, args.queries)
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline_folder(args.bundle, clf.manifest, clf.labels, args.model_type, Path(tmp))
+        methods = {
+            "runtime": runtime_method(clf),
+            "bare": bare_method(args.bundle, args.threads, clf.labels),
+            "pipeline": pipeline_method(Path(tmp), args.threads),
+        }
+        agreement = {
+            f"runtime_vs_{other}": statistics.mean(methods["runtime"](t) == methods[other](t) for t in texts)
+            for other in ("bare", "pipeline")
+        }
+        times = measure(methods, texts, args.runs, args.warmup)
+    stats = {name: summarize(values) for name, values in times.items()}
+    report = {
+        "bundle": clf.name,
+        "path": str(args.bundle),
+        "threads": args.threads,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "queries": len(texts),
+        "methods": stats,
+        "ratios": {
+            "runtime_over_bare": stats["runtime"]["median_ms"] / stats["bare"]["median_ms"],
+            "pipeline_over_runtime": stats["pipeline"]["median_ms"] / stats["runtime"]["median_ms"],
+        },
+        "agreement": agreement,
+        "environment": {
+            "cpu": cpu_name(),
+            "python": platform.python_version(),
+            **{name: version(name) for name in ("onnxruntime", "tokenizers", "transformers", "optimum-onnx")},
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    snippet = markdown(report)
+    args.out.with_suffix(".md").write_text(snippet, encoding="utf-8")
+    print(snippet)
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

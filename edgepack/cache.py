@@ -1,0 +1,61 @@
+"""On-disk cache for expensive results (fine-tuned teacher, teacher logits), keyed by a hash of their inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+_DONE = ".complete"
+
+
+def hash_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_folder(folder: Path) -> str:
+    """Content hash of a model folder (file names and bytes, sub-folders included)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(hash_file(path).encode())
+    return digest.hexdigest()
+
+
+def cache_key(*parts: Any) -> str:
+    """A short stable key for JSON-serialisable parts."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Cache:
+    """`root/<kind>-<key>/` folders that count only once marked complete, so a killed build never poisons it."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, kind: str, key: str) -> Path:
+        return self.root / f"{kind}-{key}"
+
+    def is_complete(self, folder: Path) -> bool:
+        return (folder / _DONE).is_file()
+
+    def start(self, folder: Path) -> Path:
+        """Empty the folder (a leftover of an interrupted run) and return it for writing."""
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        return folder
+
+    def finish(self, folder: Path, record: dict[str, Any]) -> None:
+        (folder / "record.json").write_text(json.dumps(record, indent=2, default=str))
+        (folder / _DONE).touch()
+
+    def record(self, folder: Path) -> dict[str, Any]:
+        return json.loads((folder / "record.json").read_text())

@@ -1,0 +1,290 @@
+"""Distill stage: a smaller student learns from the teacher's cached logits (Hinton et al.), and Optuna
+searches alpha, temperature, epochs and learning rate.
+
+loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+Training goes through transformers' `Trainer` (the chapter's `DistillationTrainer` pattern), so
+`torchrun` / `accelerate launch` spread it over devices unchanged; `[search] storage` (sqlite:// or
+postgresql://) lets several machines work on one Optuna study.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from edgepack import metrics, models
+from edgepack.errors import StageError
+from edgepack.recipe import DistillConfig, SearchConfig
+from edgepack.teacher import TeacherResult
+from edgepack.training import PadCollator, predict_logits, tokenized_dataset, training_arguments
+
+log = logging.getLogger(__name__)
+
+
+class DistillationTrainer(Trainer):
+    """Trainer whose loss mixes the hard-label CE with the temperature-softened KL to the teacher's logits."""
+
+    def __init__(self, *args: Any, alpha: float, temperature: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+        self.temperature = temperature
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        teacher_logits = inputs.pop("teacher_logits")
+        outputs = model(**inputs)
+        loss = distillation_loss(
+            outputs.logits, teacher_logits, inputs["labels"], self.alpha, self.temperature
+        )
+        return (loss, outputs) if return_outputs else loss
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
+) -> torch.Tensor:
+    ce = F.cross_entropy(student, labels)
+    kd = (
+        F.kl_div(
+            F.log_softmax(student / temperature, dim=-1),
+            F.softmax(teacher / temperature, dim=-1),
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
+    return alpha * ce + (1.0 - alpha) * kd
+
+
+def student_from_teacher_layers(teacher: Any, layers: list[int]) -> Any:
+    """A student with the teacher's embeddings, head and the chosen encoder layers (as DistilBERT was made)."""
+    encoder = getattr(teacher.base_model, "encoder", None)
+    blocks = getattr(encoder, "layer", None)
+    if blocks is None:
+        raise StageError(
+            f"distill.student = 'teacher-layers' needs a BERT-family teacher (base_model.encoder.layer); "
+            f"{type(teacher).__name__} has none. Set [distill] student to a model id or folder instead."
+        )
+    if max(layers) >= len(blocks):
+        raise StageError(
+            f"[distill] layers = {layers} asks for layer {max(layers)}, but the teacher has {len(blocks)} layers "
+            f"(0..{len(blocks) - 1})."
+        )
+    student = copy.deepcopy(teacher)
+    student.base_model.encoder.layer = torch.nn.ModuleList(copy.deepcopy(blocks[i]) for i in layers)
+    student.config.num_hidden_layers = len(layers)
+    return student
+
+
+class _ReportToTrial(TrainerCallback):
+    """After each epoch: score on validation, report to Optuna, and stop the trial if the pruner says so."""
+
+    def __init__(self, trial: Any, score: Any) -> None:
+        self.trial, self.score, self.pruned = trial, score, False
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
+        value = self.score(model)
+        step = round(state.epoch or 0)
+        self.trial.report(value, step)
+        log.info("trial %d epoch %d: validation %.4f", self.trial.number, step, value)
+        if self.trial.should_prune():
+            self.pruned = True
+            control.should_training_stop = True
+        return control
+
+
+@dataclass
+class DistillResult:
+    model_dir: Path
+    record: dict[str, Any]
+
+
+class _Distiller:
+    """Holds what every trial shares: the teacher, its logits, the tokenized splits."""
+
+    def __init__(self, teacher: TeacherResult, config: DistillConfig, max_length: int) -> None:
+        self.teacher, self.config, self.max_length = teacher, config, max_length
+        self.splits = teacher.splits
+        student_dir = (
+            teacher.model_dir if config.student == "teacher-layers" else models.resolve_model(config.student)
+        )
+        self.student_dir = student_dir
+        self.tokenizer = models.load_tokenizer(student_dir)
+        self.train = tokenized_dataset(
+            self.tokenizer,
+            self.splits.texts["train"],
+            max_length,
+            self.splits.label_ids["train"],
+            teacher.logits["train"],
+        )
+
+    def new_student(self) -> Any:
+        if self.config.student == "teacher-layers":
+            return student_from_teacher_layers(
+                models.load_classifier(self.teacher.model_dir), self.config.layers
+            )
+        return models.load_classifier(self.student_dir, self.splits.labels)
+
+    def validation_score(self, model: Any) -> float:
+        """Validation accuracy with the best oos threshold (what the bundle ships), plain when there is no oos."""
+        logits = predict_logits(
+            model, self.tokenizer, self.splits.texts["validation"], self.max_length, desc="validation"
+        )
+        probs = metrics.softmax(logits)
+        gold = self.splits.label_ids["validation"]
+        oos_id = self.splits.oos_id()
+        if oos_id is None:
+            return float((probs.argmax(1) == gold).mean())
+        return metrics.choose_threshold(probs, gold, oos_id)[1]
+
+    def train_student(
+        self, config: DistillConfig, train: Any, out: Path, callbacks: list[Any] | None = None
+    ) -> Any:
+        torch.manual_seed(config.seed)
+        model = self.new_student()
+        args = training_arguments(
+            out,
+            epochs=config.epochs,
+            learning_rate=config.learning_rate,
+            batch_size=config.batch_size,
+            seed=config.seed,
+        )
+        trainer = DistillationTrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            data_collator=PadCollator(self.tokenizer),
+            callbacks=callbacks,
+            alpha=config.alpha,
+            temperature=config.temperature,
+        )
+        trainer.train()
+        return model
+
+
+def _search(
+    distiller: _Distiller, config: DistillConfig, search: SearchConfig, work: Path
+) -> tuple[Any, Any]:
+    import optuna
+
+    subset = distiller.train.shuffle(seed=search.seed)
+    subset = subset.select(range(max(1, math.ceil(len(subset) * search.train_fraction))))
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        if search.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        study_name=search.study_name,
+        storage=search.storage,
+        load_if_exists=search.storage is not None,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
+        pruner=pruner,
+    )
+    best_model: dict[str, Any] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        trial_config = replace(
+            config,
+            alpha=trial.suggest_float("alpha", *search.alpha),
+            temperature=trial.suggest_float("temperature", *search.temperature),
+            epochs=trial.suggest_int("epochs", int(search.epochs[0]), int(search.epochs[1])),
+            learning_rate=trial.suggest_float("learning_rate", *search.learning_rate, log=True),
+        )
+        reporter = _ReportToTrial(trial, distiller.validation_score)
+        model = distiller.train_student(trial_config, subset, work / f"trial-{trial.number}", [reporter])
+        if reporter.pruned:
+            raise optuna.TrialPruned()
+        score = distiller.validation_score(model)
+        if search.final == "keep" and score > best_model.get("score", -1.0):
+            best_model.update(score=score, model=model)
+        return score
+
+    log.info(
+        "distill: searching %d trials (budget %.0f min) on %d examples",
+        search.trials,
+        search.timeout_minutes,
+        len(subset),
+    )
+    study.optimize(
+        objective,
+        n_trials=search.trials,
+        timeout=search.timeout_minutes * 60,
+        show_progress_bar=True,
+        catch=(),
+    )
+    return study, best_model.get("model")
+
+
+def _trials_record(study: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "params": t.params,
+            "value": t.value,
+            "intermediate": t.intermediate_values,
+            "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
+            if t.datetime_complete and t.datetime_start
+            else None,
+        }
+        for t in study.trials
+    ]
+
+
+def run(
+    teacher: TeacherResult, config: DistillConfig, search: SearchConfig, max_length: int, out_dir: Path
+) -> DistillResult:
+    distiller = _Distiller(teacher, config, max_length)
+    work = Path(tempfile.mkdtemp(prefix="distill-", dir=out_dir.parent))
+    record: dict[str, Any] = {
+        "student": config.student,
+        "layers": config.layers if config.student == "teacher-layers" else None,
+        "max_length": max_length,
+    }
+    started = time.perf_counter()
+    try:
+        final_config, kept = config, None
+        if search.trials > 0:
+            study, kept = _search(distiller, config, search, work)
+            completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
+            if not completed:
+                raise StageError(
+                    "distill: no Optuna trial completed; raise [search] timeout_minutes or trials."
+                )
+            best = study.best_trial
+            final_config = replace(config, **best.params)
+            record["search"] = asdict(search) | {
+                "best_trial": best.number,
+                "best_value": best.value,
+                "trials": _trials_record(study),
+            }
+            record["search_seconds"] = round(time.perf_counter() - started, 1)
+        if kept is None:
+            log.info("distill: training the student on the full training split with %s", asdict(final_config))
+            model = distiller.train_student(final_config, distiller.train, work / "final")
+        else:
+            model = kept
+        record["settings"] = asdict(final_config)
+        record["validation_score"] = distiller.validation_score(model)
+        record["parameters"] = sum(p.numel() for p in model.parameters())
+        record["teacher_parameters"] = teacher.record.get("parameters")
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        distiller.tokenizer.save_pretrained(out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("distill: student validation score %.4f", record["validation_score"])
+    return DistillResult(out_dir, record)

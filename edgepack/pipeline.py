@@ -1,0 +1,205 @@
+"""The build pipeline: data -> teacher -> distill -> export -> optimize -> quantize -> evaluate -> package.
+
+Each stage returns its outputs and a record; the records become the bundle's manifest. Intermediate files
+live in a work folder that is removed at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack import (
+    __version__,
+    data,
+    distill,
+    evaluate,
+    export,
+    metrics,
+    models,
+    optimize,
+    package,
+    quantize,
+    teacher,
+)
+from edgepack.cache import Cache
+from edgepack.recipe import Recipe
+from edgepack.targets import TARGETS, resolve_quantization
+
+log = logging.getLogger(__name__)
+
+STAGES = ("data", "teacher", "distill", "export", "optimize", "quantize", "package", "evaluate")
+_VERSIONED = (
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "tokenizers",
+    "optuna",
+    "numpy",
+    "edgepack-runtime",
+)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        log.info("[%d/%d] %s", STAGES.index(name) + 1, len(STAGES), name)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 1)
+        log.info("%s done in %.1f s", name, self.seconds[name])
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _calibration_texts(texts: list[str], count: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(texts), size=min(count, len(texts)), replace=False)
+    return [texts[i] for i in sorted(picked)]
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _elapsed(started: dt.datetime) -> float:
+    return round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1)
+
+
+def _manifest(
+    recipe: Recipe,
+    started: dt.datetime,
+    files: dict[str, Any],
+    onnx_path: Path,
+    model_config: Any,
+    splits: data.LabelledSplits,
+) -> dict[str, Any]:
+    """The manifest's descriptive part; stage records and metrics are added by build()."""
+    target = TARGETS[recipe.target]
+    model = package.graph_io(onnx_path) | {
+        "num_labels": splits.num_labels,
+        "max_length": recipe.data.max_length,
+        "vocab_size": model_config.vocab_size,
+        "max_position_embeddings": model_config.max_position_embeddings,
+        "architecture": model_config.model_type,
+        "layers": model_config.num_hidden_layers,
+        "hidden_size": model_config.hidden_size,
+    }
+    return {
+        "name": recipe.package.name,
+        "created": started.isoformat(timespec="seconds"),
+        "edgepack_version": __version__,
+        "files": files,
+        "model": model,
+        "target": {"name": target.name, "cpu_features": list(target.cpu_features), "note": target.note},
+        "oos": None,
+        "data": splits.record,
+        "recipe": recipe.to_dict(),
+        "versions": _versions(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+    }
+
+
+def build(recipe: Recipe, *, force: bool = False) -> Path:
+    """Run every stage and write the bundle; returns its folder."""
+    destination = Path(recipe.package.output_dir) / recipe.package.name
+    package.check_destination(destination, force)
+    _set_threads(recipe.threads)
+    timer = _Timer()
+    started = dt.datetime.now(dt.UTC)
+    cache = Cache(recipe.cache_dir)
+    cache.root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="work-", dir=cache.root))
+    max_length = recipe.data.max_length
+    try:
+        with timer.stage("data"):
+            splits = data.load_splits(recipe.data)
+        with timer.stage("teacher"):
+            taught = teacher.run(splits, recipe.teacher, max_length, cache)
+            splits = taught.splits
+        with timer.stage("distill"):
+            student = distill.run(taught, recipe.distill, recipe.search, max_length, work / "student")
+        with timer.stage("export"):
+            exported = export.run(student.model_dir, recipe.export, max_length, work / "model-fp32.onnx")
+        student_model_config = models.load_classifier(student.model_dir).config
+        tokenizer = models.load_tokenizer(student.model_dir)
+        with timer.stage("optimize"):
+            optimized = optimize.run(
+                exported.onnx_path, student_model_config, recipe.optimize, work / "model-fused.onnx"
+            )
+        with timer.stage("quantize"):
+            settings = resolve_quantization(recipe.quantize, recipe.target)
+            texts = _calibration_texts(splits.texts["train"], settings.calibration_samples)
+            calibration = quantize.calibration_feeds(tokenizer, texts, max_length, exported.input_names)
+            quantized = quantize.run(optimized.onnx_path, settings, calibration, work / "model-int8.onnx")
+            logits = {
+                (graph, split): evaluate.graph_logits(path, tokenizer, splits.texts[split], max_length)
+                for graph, path in (("fp32", optimized.onnx_path), ("int8", quantized.onnx_path))
+                for split in ("validation", "test")
+            }
+            quantized.record["fp32_vs_int8_validation"] = quantize.agreement(
+                logits["fp32", "validation"], logits["int8", "validation"]
+            )
+            student_fp32 = metrics.split_report(
+                {s: logits["fp32", s] for s in ("validation", "test")}, splits.label_ids, splits.oos_id()
+            )
+        with package.staged_bundle(destination) as staging:
+            with timer.stage("package"):
+                tokenizer_json = package.bundle_tokenizer_json(tokenizer, max_length)
+                files = package.write_files(staging, quantized.onnx_path, tokenizer_json, splits.labels)
+                manifest = _manifest(
+                    recipe, started, files, quantized.onnx_path, student_model_config, splits
+                )
+                manifest |= {
+                    "teacher": taught.record,
+                    "distillation": student.record,
+                    "pruning": None,
+                    "export": exported.record,
+                    "optimization": optimized.record,
+                    "quantization": quantized.record,
+                }
+                package.write_manifest(staging, manifest)
+            with timer.stage("evaluate"):
+                measured = evaluate.run(
+                    staging, splits, taught.record["metrics"], recipe.evaluate, recipe.threads
+                )
+                manifest["oos"] = measured.oos
+                manifest["metrics"] = measured.record | {
+                    "bundle_bytes": sum(f["size"] for f in files.values()),
+                    "model_onnx_bytes": files["model.onnx"]["size"],
+                    "fp32_vs_int8_validation": quantized.record["fp32_vs_int8_validation"],
+                    "student_fp32_graph": student_fp32,
+                }
+                manifest["build_seconds"] = timer.seconds | {"total": _elapsed(started)}
+                package.write_manifest(staging, manifest)
+                shipped = measured.record.get("test_thresholded", measured.record["test"])["accuracy"]
+                evaluate.confirm_shipped_predictions(staging, splits, shipped, recipe.evaluate.batch_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return destination

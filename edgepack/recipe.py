@@ -1,0 +1,363 @@
+"""Recipes: one dataclass per stage, loaded from TOML, validated with messages that name the key and value.
+
+A recipe is a TOML file with one table per stage (`[data]`, `[teacher]`, `[distill]`, `[search]`, `[export]`,
+`[optimize]`, `[quantize]`, `[evaluate]`, `[package]`). Shipped recipes live in `edgepack/recipes/` and are
+named by their file stem (`clinc`, `clinc-quick`, `clinc-bert`); any other path to a `.toml` file works too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepack.errors import RecipeError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "clinc"
+
+
+class QuantMode(enum.StrEnum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+
+
+class CalibrationMethod(enum.StrEnum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+class QuantType(enum.StrEnum):
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+def _check(condition: bool, section: str, key: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise RecipeError(f"[{section}] {key} = {value!r} is invalid: expected {expected}.")
+
+
+def _check_range(section: str, key: str, bounds: list[float], low: float, high: float) -> None:
+    ok = len(bounds) == 2 and low <= bounds[0] <= bounds[1] <= high
+    _check(ok, section, key, bounds, f"[min, max] with {low} <= min <= max <= {high}")
+
+
+@dataclass
+class DataConfig:
+    """Where the labelled text comes from and how it is tokenized."""
+
+    source: str = "../shared/data/clinc150"
+    text_column: str = "text"
+    label_column: str = "label"
+    oos_label: str | None = "oos"  # the out-of-scope class, if the data has one
+    max_length: int = 64
+    max_train_samples: int | None = None  # cap the training split (quick recipes, tests)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "data", "source", self.source, "a file, folder or Hub dataset name")
+        _check(8 <= self.max_length <= 512, "data", "max_length", self.max_length, "an integer in 8..512")
+        if self.max_train_samples is not None:
+            _check(self.max_train_samples > 0, "data", "max_train_samples", self.max_train_samples, "> 0")
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher model and, when it has no head for these labels yet, how to fine-tune it."""
+
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    epochs: float = 5.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.0
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(0 < self.epochs <= 100, "teacher", "epochs", self.epochs, "a number in (0, 100]")
+        _check(
+            0 < self.learning_rate < 1, "teacher", "learning_rate", self.learning_rate, "a number in (0, 1)"
+        )
+        _check(self.batch_size >= 1, "teacher", "batch_size", self.batch_size, "an integer >= 1")
+        _check(0 <= self.warmup_ratio < 1, "teacher", "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
+
+
+@dataclass
+class DistillConfig:
+    """The student and its distillation: loss = alpha*CE + (1-alpha)*T^2*KL(teacher/T || student/T)."""
+
+    student: str = "teacher-layers"  # "teacher-layers" (a subset of the teacher's layers) or a model id/path
+    layers: list[int] = field(
+        default_factory=lambda: [0, 2, 4]
+    )  # teacher layers kept when student="teacher-layers"
+    alpha: float = 0.5
+    temperature: float = 4.0
+    epochs: float = 6.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, "distill", "alpha", self.alpha, "a number in [0, 1]")
+        _check(
+            0 < self.temperature <= 100, "distill", "temperature", self.temperature, "a number in (0, 100]"
+        )
+        _check(0 < self.epochs <= 100, "distill", "epochs", self.epochs, "a number in (0, 100]")
+        _check(
+            0 < self.learning_rate < 1, "distill", "learning_rate", self.learning_rate, "a number in (0, 1)"
+        )
+        _check(self.batch_size >= 1, "distill", "batch_size", self.batch_size, "an integer >= 1")
+        if self.student == "teacher-layers":
+            ok = (
+                bool(self.layers)
+                and all(i >= 0 for i in self.layers)
+                and len(set(self.layers)) == len(self.layers)
+            )
+            _check(ok, "distill", "layers", self.layers, "a non-empty list of distinct teacher layer indices")
+
+
+@dataclass
+class SearchConfig:
+    """Optuna search over the distillation's alpha, temperature, epochs and learning rate."""
+
+    trials: int = 8  # 0 turns the search off and uses [distill] as given
+    timeout_minutes: float = 15.0
+    train_fraction: float = 0.5  # trials train on this share of the training split (the final run uses all)
+    alpha: list[float] = field(default_factory=lambda: [0.1, 0.9])
+    temperature: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    epochs: list[int] = field(default_factory=lambda: [2, 6])
+    learning_rate: list[float] = field(default_factory=lambda: [3e-5, 3e-4])
+    pruner: str = "median"  # "median" or "none"
+    storage: str | None = None  # e.g. sqlite:///study.db or postgresql://...: share one study across machines
+    study_name: str | None = None
+    final: str = (
+        "retrain"  # "retrain" the best trial's settings on the full training split, or "keep" its model
+    )
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(self.trials >= 0, "search", "trials", self.trials, "an integer >= 0")
+        _check(self.timeout_minutes > 0, "search", "timeout_minutes", self.timeout_minutes, "a number > 0")
+        _check(
+            0 < self.train_fraction <= 1,
+            "search",
+            "train_fraction",
+            self.train_fraction,
+            "a number in (0, 1]",
+        )
+        _check_range("search", "alpha", self.alpha, 0.0, 1.0)
+        _check_range("search", "temperature", self.temperature, 1e-3, 100.0)
+        _check_range("search", "epochs", [float(e) for e in self.epochs], 1, 100)
+        _check_range("search", "learning_rate", self.learning_rate, 1e-7, 1.0)
+        _check(self.pruner in ("median", "none"), "search", "pruner", self.pruner, '"median" or "none"')
+        _check(self.final in ("retrain", "keep"), "search", "final", self.final, '"retrain" or "keep"')
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    parity_tolerance: float = 1e-4  # max |logit difference| torch vs ONNX Runtime fp32
+
+    def __post_init__(self) -> None:
+        _check(14 <= self.opset <= 23, "export", "opset", self.opset, "an integer in 14..23")
+        _check(self.parity_tolerance > 0, "export", "parity_tolerance", self.parity_tolerance, "a number > 0")
+
+
+@dataclass
+class OptimizeConfig:
+    require_fusions: bool = True  # stop the build when attention / layer norm / GELU fusion did not happen
+
+
+@dataclass
+class QuantizeConfig:
+    """INT8 quantization. Unset values come from the target preset (see edgepack.targets)."""
+
+    mode: QuantMode = QuantMode.DYNAMIC
+    weight_type: QuantType | None = None
+    activation_type: QuantType | None = None
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    calibration_method: CalibrationMethod = CalibrationMethod.MINMAX
+    calibration_samples: int = 256
+
+    def __post_init__(self) -> None:
+        self.mode = _enum(QuantMode, self.mode, "quantize", "mode")
+        self.calibration_method = _enum(
+            CalibrationMethod, self.calibration_method, "quantize", "calibration_method"
+        )
+        if self.weight_type is not None:
+            self.weight_type = _enum(QuantType, self.weight_type, "quantize", "weight_type")
+        if self.activation_type is not None:
+            self.activation_type = _enum(QuantType, self.activation_type, "quantize", "activation_type")
+        _check(
+            self.calibration_samples >= 1, "quantize", "calibration_samples", self.calibration_samples, ">= 1"
+        )
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = 64
+    oos_threshold: str | float | None = (
+        "auto"  # "auto": chosen on validation; a number; or none (no rejection)
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "evaluate", "batch_size", self.batch_size, "an integer >= 1")
+        t = self.oos_threshold
+        ok = t is None or t == "auto" or (isinstance(t, int | float) and 0 <= t <= 1)
+        _check(ok, "evaluate", "oos_threshold", t, '"auto", a probability in [0, 1], or "none"')
+
+
+@dataclass
+class PackageConfig:
+    name: str = "clinc-int8"
+    output_dir: str = "bundles"
+
+    def __post_init__(self) -> None:
+        ok = (
+            bool(self.name)
+            and "/" not in self.name
+            and "\\" not in self.name
+            and self.name not in (".", "..")
+        )
+        _check(ok, "package", "name", self.name, "a plain folder name (no path separators)")
+
+
+@dataclass
+class Recipe:
+    name: str = DEFAULT_RECIPE
+    description: str = ""
+    target: str = "cpu-avx2"
+    cache_dir: str = ".cache/edgepack"
+    threads: int | None = None  # torch / ORT threads during the build; None = all cores
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    package: PackageConfig = field(default_factory=PackageConfig)
+
+    def __post_init__(self) -> None:
+        from edgepack.targets import TARGETS
+
+        _check(self.target in TARGETS, "recipe", "target", self.target, f"one of {sorted(TARGETS)}")
+        if self.threads is not None:
+            _check(self.threads >= 1, "recipe", "threads", self.threads, "an integer >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def _enum(cls: type[enum.StrEnum], value: Any, section: str, key: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        raise RecipeError(
+            f"[{section}] {key} = {value!r} is invalid: expected one of {[m.value for m in cls]}."
+        ) from None
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """A shallow type check of a TOML value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return isinstance(value, str)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise RecipeError(f"[{section}] has no key {key!r}; known keys: {', '.join(sorted(known))}.")
+        if value == "none":
+            value = None
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise RecipeError(f"[{key}] must be a table, got {value!r}.")
+            value = _build(annotation, value, key)  # type: ignore[arg-type]
+        elif not _type_ok(value, annotation):
+            raise RecipeError(f"[{section}] {key} = {value!r} has the wrong type: expected {annotation}.")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """Resolve a shipped recipe name (`clinc`) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"Recipe file {path} does not exist.")
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path}.toml"
+    if not shipped.is_file():
+        names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
+        raise RecipeError(f"Unknown recipe {name_or_path!r}: use one of {names}, or a path to a .toml file.")
+    return shipped
+
+
+def load_recipe(name_or_path: str = DEFAULT_RECIPE, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load a recipe and apply dotted overrides such as {"teacher.epochs": 3, "target": "arm64"}."""
+    path = recipe_path(name_or_path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"Recipe {path} is not valid TOML: {exc}.") from None
+    values.setdefault("name", path.stem)
+    for dotted, value in (overrides or {}).items():
+        *tables, key = dotted.split(".")
+        node = values
+        for table in tables:
+            node = node.setdefault(table, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"Override {dotted!r}: {table!r} is not a table.")
+        node[key] = value
+    return _build(Recipe, values, "recipe")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse a `--set section.key=value` override; the value is read as TOML, else taken as a string."""
+    if "=" not in text:
+        raise RecipeError(
+            f"Override {text!r} must look like section.key=value (for example teacher.epochs=3)."
+        )
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value

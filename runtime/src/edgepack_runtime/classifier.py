@@ -1,0 +1,300 @@
+"""`Classifier`: a verified bundle behind an ONNX Runtime session, answering text queries.
+
+A Classifier is complete when `load` returns (nothing is created lazily) and never changes afterwards:
+the tokenizer is configured by the bundle and only read, padding is done here with numpy, and ONNX Runtime
+sessions may be run from many threads at once. So one instance can be shared by any number of threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edgepack_runtime import cpu
+from edgepack_runtime.bundle import VerifiedBundle, read_bundle
+from edgepack_runtime.errors import BundleError, TargetMismatchError
+from edgepack_runtime.manifest import MANIFEST, Spec
+from edgepack_runtime.textguard import CHARS_PER_TOKEN, clean_text, clean_texts
+
+_NUMPY_TYPES = {"int64": np.int64, "int32": np.int32}
+# Operators that quantize activations with a scale computed over the whole input tensor: with them, a row's
+# result depends on the other rows (and the padding) of its batch.
+DYNAMIC_QUANT_OPS = frozenset(
+    {"DynamicQuantizeLinear", "com.microsoft:DynamicQuantizeMatMul", "com.microsoft:DynamicQuantizeLSTM"}
+)
+_PAD_TOKENS = ("[PAD]", "<pad>", "<PAD>")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """label and score of the answer; top_k the best classes by probability, best first.
+
+    When the bundle has an out-of-scope threshold and the top probability is below it, `label` is the
+    out-of-scope label, `rejected` is True, `score` is still the top probability and `top_k` the model's
+    own ranking.
+    """
+
+    label: str
+    score: float
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    rejected: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "score": self.score,
+            "top_k": [{"label": label, "score": score} for label, score in self.top_k],
+            "rejected": self.rejected,
+        }
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _session(model: bytes, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 4  # errors reach the caller as BundleError, not as log lines on stderr
+    options.add_session_config_entry("session.load_model_format", "ONNX")  # never the ORT flatbuffer format
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own exception types
+        raise BundleError("model.onnx", f"ONNX Runtime cannot load it: {str(err)[:300]}") from None
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)  # float32 logits (checked at load); a new array
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+class Classifier:
+    """Use `Classifier.load(path)`; the constructor is internal."""
+
+    def __init__(self, bundle: VerifiedBundle, session: ort.InferenceSession, threads: int) -> None:
+        spec = bundle.spec
+        self._bundle = bundle
+        self._session = session
+        self._threads = threads
+        self._tokenizer = bundle.tokenizer
+        self._labels = list(bundle.labels)
+        self._max_length = spec.max_length
+        self._max_chars = CHARS_PER_TOKEN * spec.max_length
+        self._types = {t.name: _NUMPY_TYPES[t.type] for t in spec.inputs}
+        self._outputs = [spec.output.name]
+        self._cast = any(dtype is not np.int64 for dtype in self._types.values())
+        self._oos: tuple[str, float] | None = None  # (label, threshold) when out-of-scope rejection is on
+        if spec.oos_label is not None and spec.oos_threshold is not None:
+            self._oos = (spec.oos_label, spec.oos_threshold)
+        self._batch_invariant = not DYNAMIC_QUANT_OPS & set(bundle.scan.op_types)
+        pad_ids = (self._tokenizer.token_to_id(t) for t in _PAD_TOKENS)
+        self._pad_id = next((i for i in pad_ids if i is not None), 0)  # masked out, so any valid id works
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], threads: int = 1, strict: bool = False) -> Classifier:
+        """Verify the bundle at `path` and prepare it to run on `threads` intra-op threads (0: ORT decides).
+
+        Raises BundleError naming the file and the problem. When the CPU lacks a feature the bundle's target
+        relies on, warns once (cpu.TargetWarning) or, with strict=True, raises TargetMismatchError.
+        """
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"threads must be an integer >= 0 (0 lets ONNX Runtime decide), got {threads!r}")
+        bundle = read_bundle(path)
+        spec = bundle.spec
+        message = cpu.check_target(spec.name, spec.target_name, spec.cpu_features, cpu.detect())
+        if message and strict:
+            raise TargetMismatchError(MANIFEST, f"{message} (refused because strict=True)")
+        if message:
+            cpu.warn_once(message)
+        classifier = cls(bundle, _session(bundle.model_bytes, threads), threads)
+        classifier._check_session()
+        classifier._probe()
+        return classifier
+
+    # -- load-time checks -------------------------------------------------------------------------------
+
+    def _check_session(self) -> None:
+        spec = self._bundle.spec
+        graph_inputs = {i.name: i.type for i in self._session.get_inputs()}
+        if set(graph_inputs) != set(self._types):
+            raise BundleError(
+                "model.onnx",
+                f"graph inputs {sorted(graph_inputs)} differ from model.inputs {sorted(self._types)}",
+            )
+        for item in spec.inputs:
+            if graph_inputs[item.name] != f"tensor({item.type})":
+                raise BundleError(
+                    "model.onnx",
+                    f"input '{item.name}' is {graph_inputs[item.name]}, manifest says {item.type}",
+                )
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        logits = outputs.get(self._outputs[0])
+        if logits is None or logits.type != "tensor(float)":
+            found = {name: o.type for name, o in outputs.items()}
+            raise BundleError("model.onnx", f"needs a float32 output '{self._outputs[0]}', found {found}")
+        last = logits.shape[-1] if logits.shape else None
+        if isinstance(last, int) and last != len(self._labels):
+            raise BundleError(
+                "model.onnx", f"outputs {last} classes but labels.json has {len(self._labels)} labels"
+            )
+
+    def _probe(self) -> None:
+        """Run the largest token id the tokenizer can produce, max_length times: an embedding or position
+        table smaller than the manifest claims fails here rather than on some user's long query."""
+        top_id = self._tokenizer.get_vocab_size(with_added_tokens=True) - 1
+        try:
+            logits = self._run([[top_id] * self._max_length])
+        except Exception as err:  # ORT raises its own exception types
+            raise BundleError(
+                "model.onnx",
+                f"failed a test run with token id {top_id} repeated max_length={self._max_length} times "
+                f"(is the embedding or position table smaller than the manifest says?): {str(err)[:300]}",
+            ) from None
+        if logits.shape != (1, len(self._labels)):
+            raise BundleError(
+                "model.onnx",
+                f"returned logits of shape {logits.shape} for one text; expected (1, {len(self._labels)})",
+            )
+        if not np.isfinite(logits).all():
+            raise BundleError("model.onnx", "returned non-finite logits on a test run")
+
+    # -- inference --------------------------------------------------------------------------------------
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        tokenizer = self._tokenizer
+        encodings = [tokenizer.encode(texts[0])] if len(texts) == 1 else tokenizer.encode_batch(texts)
+        # A tokenizer without special tokens gives nothing for an empty text: feed one pad token instead.
+        return [e.ids or [self._pad_id] for e in encodings]
+
+    def _run(self, rows: list[list[int]]) -> np.ndarray:
+        """Logits for token-id rows, padded with numpy to the longest row."""
+        if len(rows) == 1:  # a single query: nothing to pad
+            ids = np.array(rows, dtype=np.int64)
+            mask = np.ones_like(ids)
+        else:
+            width = max(len(r) for r in rows)
+            ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for i, row in enumerate(rows):
+                ids[i, : len(row)] = row
+                mask[i, : len(row)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._types:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        if self._cast:
+            feeds = {name: array.astype(self._types[name]) for name, array in feeds.items()}
+        return np.asarray(self._session.run(self._outputs, feeds)[0])
+
+    def _probabilities(self, texts: list[str], batch_size: int) -> np.ndarray:
+        rows = self._encode(texts) if texts else []
+        if not self._batch_invariant:
+            batch_size = 1  # keep every answer equal to predict(text): see batch_invariant
+        probs = np.empty((len(rows), len(self._labels)), dtype=np.float32)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths share a batch
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            probs[chunk] = _softmax(self._run([rows[i] for i in chunk]))
+        return probs
+
+    def _prediction(self, probs: np.ndarray, top_k: int) -> Prediction:
+        best = np.argsort(-probs, kind="stable")[:top_k]
+        ranked = list(zip([self._labels[i] for i in best.tolist()], probs[best].tolist(), strict=True))
+        label, score = ranked[0]
+        if self._oos is not None and score < self._oos[1]:
+            return Prediction(self._oos[0], score, ranked, rejected=True)
+        return Prediction(label, score, ranked)
+
+    def predict(self, text: str, top_k: int = 3) -> Prediction:
+        """Classify one text (see textguard for what happens to empty, huge or odd texts)."""
+        _positive_int(top_k, "top_k")
+        rows = self._encode([clean_text(text, self._max_chars, "predict()")])
+        return self._prediction(_softmax(self._run(rows))[0], top_k)
+
+    def predict_batch(self, texts: Iterable[str], batch_size: int = 32, top_k: int = 3) -> list[Prediction]:
+        """Classify many texts, `batch_size` at a time; same answers as `predict` one by one, in order."""
+        _positive_int(top_k, "top_k")
+        _positive_int(batch_size, "batch_size")
+        probs = self._probabilities(clean_texts(texts, self._max_chars, "predict_batch"), batch_size)
+        return [self._prediction(row, top_k) for row in probs]
+
+    def predict_proba(self, texts: Iterable[str], batch_size: int = 32) -> np.ndarray:
+        """Softmax probabilities, float32 [len(texts), num_labels]; no out-of-scope threshold applied."""
+        _positive_int(batch_size, "batch_size")
+        return self._probabilities(clean_texts(texts, self._max_chars, "predict_proba"), batch_size)
+
+    # -- read-only views --------------------------------------------------------------------------------
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._labels)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._bundle.manifest
+
+    @property
+    def spec(self) -> Spec:
+        """The checked, typed view of the manifest."""
+        return self._bundle.spec
+
+    @property
+    def name(self) -> str:
+        return self._bundle.spec.name
+
+    @property
+    def path(self) -> Path:
+        return self._bundle.path
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def max_chars(self) -> int:
+        """Texts are cut to this many characters before tokenizing (CHARS_PER_TOKEN * max_length)."""
+        return self._max_chars
+
+    @property
+    def batch_invariant(self) -> bool:
+        """False for graphs with dynamic activation quantization (dynamic INT8): their per-tensor scale is
+        computed over the whole batch, so batching would make a text's answer depend on its neighbours.
+        predict_batch and predict_proba then run texts one at a time (batch_size is not used), keeping
+        every answer equal to predict(text). Static INT8 and float graphs batch normally."""
+        return self._batch_invariant
+
+    @property
+    def oos_label(self) -> str | None:
+        """The out-of-scope label predictions fall back to below `oos_threshold` (None: no rejection)."""
+        return self._bundle.spec.oos_label
+
+    @property
+    def oos_threshold(self) -> float | None:
+        return self._bundle.spec.oos_threshold
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    @property
+    def input_names(self) -> Sequence[str]:
+        return tuple(self._types)
+
+    @property
+    def op_types(self) -> dict[str, int]:
+        """How many nodes of each operator type the graph holds (as written in model.onnx)."""
+        return dict(self._bundle.scan.op_types)
+
+    def __repr__(self) -> str:
+        return f"Classifier(name={self.name!r}, labels={len(self._labels)}, threads={self._threads})"

@@ -1,0 +1,203 @@
+"""`edgepack-run`: classify text with a bundle, verify a bundle, benchmark a bundle.
+
+A thin click layer over the library: the library raises BundleError / DataError / ValueError, and this layer
+turns them into one-line errors (exit 1, or 2 for bad options) without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from edgepack_runtime import __version__
+from edgepack_runtime.errors import BundleError
+
+if TYPE_CHECKING:
+    from edgepack_runtime.classifier import Classifier
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+bundle_argument = click.argument("bundle", type=click.Path(path_type=Path))
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="ONNX Runtime intra-op threads (0: ONNX Runtime decides).",
+)
+strict_option = click.option(
+    "--strict", is_flag=True, help="Refuse a bundle built for CPU features this CPU lacks."
+)
+
+
+def _load(bundle: Path, threads: int, strict: bool) -> Classifier:
+    """Load a bundle; a BundleError becomes a clean CLI error, target warnings a 'warning:' line."""
+    from edgepack_runtime.classifier import Classifier
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            clf = Classifier.load(bundle, threads=threads, strict=strict)
+        except BundleError as err:
+            raise click.ClickException(f"bundle {bundle} refused: {err}") from None
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+    return clf
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="edgepack-run")
+def main() -> None:
+    """Run edgepack bundles on CPU: classify text, verify a bundle, benchmark it."""
+
+
+def _stdin_lines() -> Iterator[str]:
+    """Lines of standard input, read as UTF-8 whatever the locale; undecodable bytes become U+FFFD."""
+    binary = getattr(sys.stdin, "buffer", None)
+    for raw in binary if binary is not None else sys.stdin:
+        line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        yield line.rstrip("\r\n")
+
+
+def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@main.command()
+@bundle_argument
+@click.argument("texts", nargs=-1)
+@click.option(
+    "--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Classes listed per text."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@threads_option
+@strict_option
+def classify(
+    bundle: Path, texts: tuple[str, ...], top_k: int, batch_size: int, threads: int, strict: bool
+) -> None:
+    """Classify TEXTS (or each line of standard input when none are given); print one JSON line per text."""
+    from edgepack_runtime.textguard import replace_surrogates
+
+    clf = _load(bundle, threads, strict)
+    if not texts and sys.stdin.isatty():
+        click.echo("reading texts from standard input, one per line (Ctrl-D ends)", err=True)
+    source = iter(texts) if texts else _stdin_lines()
+    try:
+        for chunk in _chunks(source, batch_size):
+            predictions = clf.predict_batch(chunk, batch_size=batch_size, top_k=top_k)
+            for text, prediction in zip(chunk, predictions, strict=True):
+                record = {"text": replace_surrogates(text), **prediction.to_dict()}
+                click.echo(json.dumps(record, ensure_ascii=False))
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
+
+
+def _summary(clf: Classifier) -> list[tuple[str, str]]:
+    from edgepack_runtime import cpu
+
+    manifest, spec = clf.manifest, clf.spec
+    files = [f"{name} {rec.size:,} B sha256 {rec.sha256[:12]}" for name, rec in spec.files.items()]
+    oos = f"; below {spec.oos_threshold} -> '{spec.oos_label}'" if spec.oos_label else ""
+    host = cpu.detect()
+    problem = cpu.check_target(spec.name, spec.target_name, spec.cpu_features, host)
+    needs = ", ".join(spec.cpu_features) or "no particular feature"
+    ops = ", ".join(f"{n} {op}" for op, n in sorted(clf.op_types.items(), key=lambda kv: -kv[1])[:8])
+    return [
+        ("bundle", f"{spec.name} ({manifest['schema']}) at {clf.path}"),
+        ("files", "; ".join(files)),
+        ("labels", f"{len(clf.labels)}{oos}"),
+        ("inputs", f"{', '.join(clf.input_names)}; max_length {spec.max_length}; vocab {spec.vocab_size}"),
+        ("graph", ops),
+        ("batching", "padded to the longest text" if clf.batch_invariant else "one at a time (dynamic INT8)"),
+        (
+            "target",
+            f"{spec.target_name} needs {needs}: " + ("ok on this CPU" if not problem else "see warning"),
+        ),
+        ("this cpu", f"{', '.join(sorted(host.present)) or 'none known'} (per {host.source})"),
+    ]
+
+
+@main.command()
+@bundle_argument
+@threads_option
+@strict_option
+def verify(bundle: Path, threads: int, strict: bool) -> None:
+    """Check every file, hash and field of BUNDLE, load it and run it once; print a summary."""
+    clf = _load(bundle, threads, strict)
+    rows = _summary(clf)
+    width = max(len(k) for k, _ in rows) + 2
+    click.echo(f"OK: bundle {bundle} verified")
+    for key, value in rows:
+        click.echo(f"{key:<{width}}{value}")
+
+
+@main.command()
+@bundle_argument
+@click.option(
+    "--data", type=click.Path(path_type=Path), help="Labeled texts: CLINC JSON (or its folder), CSV, JSONL."
+)
+@click.option("--split", default="test", show_default=True, help="Split of a CLINC JSON file.")
+@click.option("--text-column", default="text", show_default=True, help="Text column of a CSV / JSONL file.")
+@click.option(
+    "--label-column", default="label", show_default=True, help="Label column of a CSV / JSONL file."
+)
+@threads_option
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="For throughput."
+)
+@click.option(
+    "--runs", type=click.IntRange(min=2), default=200, show_default=True, help="Timed batch-1 calls."
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed calls first."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@strict_option
+def bench(
+    bundle: Path,
+    data: Path | None,
+    split: str,
+    text_column: str,
+    label_column: str,
+    threads: int,
+    batch_size: int,
+    runs: int,
+    warmup: int,
+    as_json: bool,
+    strict: bool,
+) -> None:
+    """Latency at batch 1, throughput at --batch-size, size on disk, and accuracy when --data is given."""
+    from edgepack_runtime import bench as measure
+    from edgepack_runtime.data import DataError, load_labeled
+
+    pairs = None
+    if data is not None:
+        try:
+            pairs = load_labeled(data, split=split, text_column=text_column, label_column=label_column)
+        except DataError as err:
+            raise click.BadParameter(str(err), param_hint="--data") from None
+    clf = _load(bundle, threads, strict)
+    texts = [text for text, _ in pairs] if pairs else list(measure.SAMPLE_QUERIES)
+    result: dict[str, Any] = measure.run(
+        clf, texts, runs=runs, warmup=warmup, batch_size=batch_size, pairs=pairs
+    )
+    if data is not None:
+        result["data"] = {"path": str(data), "split": split}
+    click.echo(json.dumps(result, indent=2) if as_json else measure.format_table(result))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

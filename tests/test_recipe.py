@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgepack.recipe import QuantMode, RecipeError, load_recipe, parse_override, recipe_path
+from edgepack.targets import TARGETS, resolve_quantization
+
+
+@pytest.mark.parametrize("name", ["clinc", "clinc-quick", "clinc-bert"])
+def test_shipped_recipes_load(name: str) -> None:
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert recipe.data.max_length == 64
+
+
+def test_overrides_reach_nested_values() -> None:
+    recipe = load_recipe("clinc", {"teacher.epochs": 2, "target": "arm64", "quantize.mode": "static"})
+    assert recipe.teacher.epochs == 2 and recipe.target == "arm64"
+    assert recipe.quantize.mode is QuantMode.STATIC
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"teacher.epochz": 2}, r"\[teacher\] has no key 'epochz'; known keys: .*epochs"),
+        ({"distill.alpha": 1.5}, r"\[distill\] alpha = 1.5 is invalid: expected a number in \[0, 1\]"),
+        ({"distill.temperature": "hot"}, r"\[distill\] temperature = 'hot' has the wrong type"),
+        ({"target": "cpu-sse"}, r"target = 'cpu-sse' is invalid: expected one of"),
+        (
+            {"quantize.mode": "half"},
+            r"\[quantize\] mode = 'half' is invalid: expected one of \['dynamic', 'static'\]",
+        ),
+        ({"search.alpha": [0.9, 0.1]}, r"\[search\] alpha = \[0.9, 0.1\] is invalid"),
+        ({"package.name": "../evil"}, r"\[package\] name = '../evil' is invalid"),
+        ({"distill.layers": [0, 0]}, r"\[distill\] layers = \[0, 0\] is invalid"),
+        ({"data.max_length": 4096}, r"\[data\] max_length = 4096 is invalid"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(overrides: dict, message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("clinc", overrides)
+
+
+def test_unknown_recipe_lists_the_shipped_ones() -> None:
+    with pytest.raises(RecipeError, match="Unknown recipe 'nope': use one of clinc, clinc-bert, clinc-quick"):
+        recipe_path("nope")
+
+
+def test_invalid_toml_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[teacher\nepochs = 3")
+    with pytest.raises(RecipeError, match="is not valid TOML"):
+        load_recipe(str(bad))
+
+
+def test_parse_override_reads_toml_values() -> None:
+    assert parse_override("teacher.epochs=3") == ("teacher.epochs", 3)
+    assert parse_override("search.alpha=[0.2, 0.4]") == ("search.alpha", [0.2, 0.4])
+    assert parse_override("teacher.model=some/model") == ("teacher.model", "some/model")
+    with pytest.raises(RecipeError, match="section.key=value"):
+        parse_override("teacher.epochs")
+
+
+def test_target_presets_follow_optimum() -> None:
+    recipe = load_recipe("clinc")
+    avx2 = resolve_quantization(recipe.quantize, "cpu-avx2")
+    assert (avx2.weight_type, avx2.activation_type, avx2.per_channel) == ("uint8", "uint8", True)
+    vnni = resolve_quantization(recipe.quantize, "cpu-avx512-vnni")
+    assert vnni.weight_type == "int8" and "avx512_vnni" in TARGETS["cpu-avx512-vnni"].cpu_features
+    pinned = resolve_quantization(load_recipe("clinc", {"quantize.per_channel": False}).quantize, "arm64")
+    assert pinned.per_channel is False and pinned.weight_type == "int8"
