@@ -22,6 +22,7 @@ import platform
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ from edgepack_runtime.data import DataError, load_labeled
 from tokenizers import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results_md import cpu_description, write_section  # noqa: E402
+
 CLINC = ROOT.parent / "shared" / "data" / "clinc150"
 Method = Callable[[str], str]  # query -> top label (for the agreement check)
 
@@ -157,16 +161,6 @@ def measure(methods: dict[str, Method], texts: list[str], runs: int, warmup: int
     return times
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def markdown(report: dict[str, Any]) -> str:
     stats, ratios = report["methods"], report["ratios"]
     lines = [
@@ -241,7 +235,7 @@ def main() -> None:
         },
         "agreement": agreement,
         "environment": {
-            "cpu": cpu_name(),
+            "cpu": cpu_description(),
             "python": platform.python_version(),
             **{name: version(name) for name in ("onnxruntime", "tokenizers", "transformers", "optimum-onnx")},
         },
@@ -250,8 +244,9 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     snippet = markdown(report)
     args.out.with_suffix(".md").write_text(snippet, encoding="utf-8")
+    write_section(f"runtime_overhead-{args.threads}t", snippet)
     print(snippet)
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    print(f"wrote {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')} and benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":

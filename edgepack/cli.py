@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -101,6 +102,9 @@ def build(
         raise click.BadParameter(str(exc), param_hint="--recipe/--set") from None
     from edgepack.pipeline import build as run_build
 
+    signal.signal(
+        signal.SIGTERM, _interrupt
+    )  # `kill` cleans up like Ctrl-C: no work files, no partial bundle
     try:
         bundle = run_build(resolved, force=force)
     except KeyboardInterrupt:
@@ -110,6 +114,10 @@ def build(
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     _summary(bundle)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _summary(bundle: Any) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from edgepack import __version__
@@ -40,3 +41,17 @@ def test_cli_builds_a_bundle(tiny_recipe: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "verify with: edgepack-run verify" in result.output
     assert (tmp_path / "bundles" / "cli-bundle" / "manifest.json").is_file()
+
+
+def test_ctrl_c_stops_cleanly(tiny_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgepack import evaluate
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "run", interrupted)
+    result = CliRunner().invoke(main, ["build", "--recipe", str(tiny_recipe), "--trials", "0"])
+    assert result.exit_code == 130
+    assert "Interrupted: no bundle was written" in result.output
+    assert not (tmp_path / "bundles").exists() or not list((tmp_path / "bundles").iterdir())
+    assert not list((tmp_path / "cache").glob("work-*")), "work files left behind"

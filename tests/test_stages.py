@@ -1,0 +1,90 @@
+"""Stage-level behaviour on the tiny fixtures: teacher label alignment, parity and fusion guards, shared studies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from edgepack_runtime.data import DataError
+
+from edgepack import export, models, optimize, teacher
+from edgepack.cache import Cache
+from edgepack.data import load_splits
+from edgepack.errors import StageError
+from edgepack.recipe import DataConfig, ExportConfig, OptimizeConfig, TeacherConfig
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A teacher that already has a head, with its own label order."""
+    folder = tmp_path_factory.mktemp("finetuned")
+    own = ["weather", "transfer", "oos", "balance", "alarm"]
+    models.load_classifier(tiny_model, own).save_pretrained(folder, safe_serialization=True)
+    models.load_tokenizer(tiny_model).save_pretrained(folder)
+    return folder
+
+
+def test_a_finetuned_teacher_keeps_its_own_label_order(
+    tmp_path: Path, tiny_data: Path, finetuned: Path
+) -> None:
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    result = teacher.run(splits, TeacherConfig(model=str(finetuned)), 32, Cache(tmp_path))
+    assert result.record["fine_tuned_here"] is False
+    assert result.splits.labels == ["weather", "transfer", "oos", "balance", "alarm"]
+    first = splits.labels[splits.label_ids["test"][0]]
+    assert result.splits.labels[result.splits.label_ids["test"][0]] == first
+    assert result.logits["train"].shape == (40, 5)
+
+
+def test_a_teacher_with_other_labels_is_refused(tmp_path: Path, tiny_data: Path, tiny_model: Path) -> None:
+    folder = tmp_path / "other"
+    models.load_classifier(tiny_model, ["weather", "alarm", "pizza"]).save_pretrained(folder)
+    models.load_tokenizer(tiny_model).save_pretrained(folder)
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    with pytest.raises(DataError, match=r"teacher's labels do not cover.*\['balance', 'oos', 'transfer'\]"):
+        teacher.run(splits, TeacherConfig(model=str(folder)), 32, Cache(tmp_path / "cache"))
+
+
+def test_parity_failure_stops_the_build(tmp_path: Path, finetuned: Path) -> None:
+    with pytest.raises(StageError, match="differ from torch by .* tolerance"):
+        export.run(finetuned, ExportConfig(parity_tolerance=1e-15), 32, tmp_path / "m.onnx")
+
+
+def test_missing_fusions_fail_loudly(tmp_path: Path, finetuned: Path) -> None:
+    exported = export.run(finetuned, ExportConfig(), 32, tmp_path / "m.onnx")
+    assert exported.record["parity_max_abs_logit_diff"] < 1e-4
+    fused = optimize.run(
+        exported.onnx_path, SimpleNamespace(num_hidden_layers=2), OptimizeConfig(), tmp_path / "f.onnx"
+    )
+    assert fused.record["fused_operators"]["Attention"] == 2 and fused.record["complete"]
+    # A graph claiming more layers than were fused (what an unfusable attention export looks like) is refused.
+    with pytest.raises(StageError, match="expected fusions did not happen.*Attention: 2 of 3"):
+        optimize.run(
+            exported.onnx_path, SimpleNamespace(num_hidden_layers=3), OptimizeConfig(), tmp_path / "g.onnx"
+        )
+
+
+def test_search_can_share_a_study_through_storage(tmp_path: Path, tiny_data: Path, tiny_model: Path) -> None:
+    import optuna
+
+    from edgepack import distill
+    from edgepack.recipe import DistillConfig, SearchConfig
+
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    taught = teacher.run(
+        splits, TeacherConfig(model=str(tiny_model), epochs=1, batch_size=8), 32, Cache(tmp_path / "cache")
+    )
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = SearchConfig(trials=1, epochs=[1, 1], storage=storage, study_name="shared", train_fraction=0.5)
+    for run in range(2):  # a second machine (here: a second run) adds its trials to the same study
+        out = tmp_path / f"student-{run}"
+        result = distill.run(taught, DistillConfig(layers=[1], batch_size=8), search, 32, out)
+        assert (out / "model.safetensors").is_file()
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert len(study.trials) == 2
+    assert len(result.record["search"]["trials"]) == 2
+    record = json.dumps(result.record)
+    assert np.isfinite(result.record["validation_score"]) and "learning_rate" in record
