@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from edgepack import metrics, models
+from edgepack.data import LabelledSplits
 from edgepack.errors import StageError
 from edgepack.recipe import DistillConfig, SearchConfig
 from edgepack.teacher import TeacherResult
@@ -137,40 +138,57 @@ class _Distiller:
         return models.load_classifier(self.student_dir, self.splits.labels)
 
     def validation_score(self, model: Any) -> float:
-        """Validation accuracy with the best oos threshold (what the bundle ships), plain when there is no oos."""
-        logits = predict_logits(
-            model, self.tokenizer, self.splits.texts["validation"], self.max_length, desc="validation"
-        )
-        probs = metrics.softmax(logits)
-        gold = self.splits.label_ids["validation"]
-        oos_id = self.splits.oos_id()
-        if oos_id is None:
-            return float((probs.argmax(1) == gold).mean())
-        return metrics.choose_threshold(probs, gold, oos_id)[1]
+        return validation_score(model, self.tokenizer, self.splits, self.max_length)
 
     def train_student(
         self, config: DistillConfig, train: Any, out: Path, callbacks: list[Any] | None = None
     ) -> Any:
         torch.manual_seed(config.seed)
-        model = self.new_student()
-        args = training_arguments(
-            out,
-            epochs=config.epochs,
-            learning_rate=config.learning_rate,
-            batch_size=config.batch_size,
-            seed=config.seed,
-        )
-        trainer = DistillationTrainer(
-            model=model,
-            args=args,
-            train_dataset=train,
-            data_collator=PadCollator(self.tokenizer),
-            callbacks=callbacks,
-            alpha=config.alpha,
-            temperature=config.temperature,
-        )
-        trainer.train()
-        return model
+        return train_student(self.new_student(), self.tokenizer, train, config, out, callbacks)
+
+
+def validation_score(model: Any, tokenizer: Any, splits: LabelledSplits, max_length: int) -> float:
+    """Validation accuracy with the best oos threshold (what the bundle ships), plain when there is no oos."""
+    logits = predict_logits(model, tokenizer, splits.texts["validation"], max_length, desc="validation")
+    probs = metrics.softmax(logits)
+    gold = splits.label_ids["validation"]
+    oos_id = splits.oos_id()
+    if oos_id is None:
+        return float((probs.argmax(1) == gold).mean())
+    return metrics.choose_threshold(probs, gold, oos_id)[1]
+
+
+def train_student(
+    model: Any,
+    tokenizer: Any,
+    train: Any,
+    config: DistillConfig,
+    out: Path,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """Distil into `model` in place with `config`'s alpha, temperature, epochs, learning rate and batch size.
+
+    `train` is a tokenized dataset carrying `teacher_logits` (see `training.tokenized_dataset`). Used for the
+    search trials, the final student and the prune stage's recovery.
+    """
+    args = training_arguments(
+        out,
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    trainer = DistillationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=PadCollator(tokenizer),
+        callbacks=callbacks,
+        alpha=config.alpha,
+        temperature=config.temperature,
+    )
+    trainer.train()
+    return model
 
 
 def _search(

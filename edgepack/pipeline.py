@@ -1,4 +1,4 @@
-"""The build pipeline: data -> teacher -> distill -> export -> optimize -> quantize -> evaluate -> package.
+"""The build pipeline: data -> teacher -> distill -> prune -> export -> optimize -> quantize -> evaluate -> package.
 
 Each stage returns its outputs and a record; the records become the bundle's manifest. Intermediate files
 live in a work folder that is removed at the end, whatever happens.
@@ -30,6 +30,7 @@ from edgepack import (
     models,
     optimize,
     package,
+    prune,
     quantize,
     teacher,
 )
@@ -39,7 +40,7 @@ from edgepack.targets import TARGETS, resolve_quantization
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "teacher", "distill", "export", "optimize", "quantize", "package", "evaluate")
+STAGES = ("data", "teacher", "distill", "prune", "export", "optimize", "quantize", "package", "evaluate")
 _VERSIONED = (
     "torch",
     "transformers",
@@ -145,10 +146,12 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
             splits = taught.splits
         with timer.stage("distill"):
             student = distill.run(taught, recipe.distill, recipe.search, max_length, work / "student")
+        with timer.stage("prune"):  # the distilled student unchanged, record None, when nothing is enabled
+            pruned = prune.run(taught, student, recipe.prune, max_length, work / "pruned")
         with timer.stage("export"):
-            exported = export.run(student.model_dir, recipe.export, max_length, work / "model-fp32.onnx")
-        student_model_config = models.load_classifier(student.model_dir).config
-        tokenizer = models.load_tokenizer(student.model_dir)
+            exported = export.run(pruned.model_dir, recipe.export, max_length, work / "model-fp32.onnx")
+        student_model_config = models.load_classifier(pruned.model_dir).config
+        tokenizer = models.load_tokenizer(pruned.model_dir)
         with timer.stage("optimize"):
             optimized = optimize.run(
                 exported.onnx_path, student_model_config, recipe.optimize, work / "model-fused.onnx"
@@ -180,7 +183,7 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                 manifest |= {
                     "teacher": taught.record,
                     "distillation": student.record,
-                    "pruning": None,
+                    "pruning": pruned.record,
                     "export": exported.record,
                     "optimization": optimized.record,
                     "quantization": quantized.record,
