@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from edgepack import metrics, models
+from edgepack.cache import Cache, cache_key
 from edgepack.data import LabelledSplits
 from edgepack.errors import StageError
 from edgepack.recipe import DistillConfig, SearchConfig
@@ -263,6 +264,24 @@ def _trials_record(study: Any) -> list[dict[str, Any]]:
 
 
 def run(
+    teacher: TeacherResult, config: DistillConfig, search: SearchConfig, max_length: int, cache: Cache
+) -> DistillResult:
+    """The distilled student, from the cache when the same teacher, data and settings made one before.
+
+    A study shared through `[search] storage` is never cached: other machines may have added better trials.
+    """
+    key = cache_key(teacher.record["cache_key"], asdict(config), asdict(search), max_length)
+    folder = cache.folder("student", key)
+    if search.storage is None and cache.is_complete(folder):
+        log.info("distill: reusing cached student %s", folder)
+        return DistillResult(folder / "model", cache.record(folder) | {"cached": True})
+    cache.start(folder)
+    result = _distill(teacher, config, search, max_length, folder / "model")
+    cache.finish(folder, result.record | {"cache_key": key})
+    return DistillResult(result.model_dir, result.record | {"cache_key": key, "cached": False})
+
+
+def _distill(
     teacher: TeacherResult, config: DistillConfig, search: SearchConfig, max_length: int, out_dir: Path
 ) -> DistillResult:
     distiller = _Distiller(teacher, config, max_length)

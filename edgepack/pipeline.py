@@ -145,7 +145,7 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
             taught = teacher.run(splits, recipe.teacher, max_length, cache)
             splits = taught.splits
         with timer.stage("distill"):
-            student = distill.run(taught, recipe.distill, recipe.search, max_length, work / "student")
+            student = distill.run(taught, recipe.distill, recipe.search, max_length, cache)
         with timer.stage("prune"):  # the distilled student unchanged, record None, when nothing is enabled
             pruned = prune.run(taught, student, recipe.prune, max_length, work / "pruned")
         with timer.stage("export"):

@@ -108,7 +108,9 @@ def test_second_build_reuses_the_cached_teacher(
     manifest = json.loads((second / "manifest.json").read_text())
     assert manifest["teacher"]["cached"] is True
     assert manifest["teacher"]["cache_key"] == first["teacher"]["cache_key"]
-    assert "search" not in manifest["distillation"]
+    assert "search" not in manifest["distillation"] and manifest["distillation"]["cached"] is False
+    third = build(load_recipe("clinc", overrides | {"package.name": "third"}))
+    assert json.loads((third / "manifest.json").read_text())["distillation"]["cached"] is True
 
 
 def test_existing_bundle_is_refused_without_force(built: Path, tiny_data: Path, tiny_model: Path) -> None:

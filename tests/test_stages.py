@@ -79,10 +79,11 @@ def test_search_can_share_a_study_through_storage(tmp_path: Path, tiny_data: Pat
     )
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     search = SearchConfig(trials=1, epochs=[1, 1], storage=storage, study_name="shared", train_fraction=0.5)
-    for run in range(2):  # a second machine (here: a second run) adds its trials to the same study
-        out = tmp_path / f"student-{run}"
-        result = distill.run(taught, DistillConfig(layers=[1], batch_size=8), search, 32, out)
-        assert (out / "model.safetensors").is_file()
+    for _ in range(2):  # a second machine (here: a second run) adds its trials to the same study
+        result = distill.run(
+            taught, DistillConfig(layers=[1], batch_size=8), search, 32, Cache(tmp_path / "c")
+        )
+        assert (result.model_dir / "model.safetensors").is_file() and result.record["cached"] is False
     study = optuna.load_study(study_name="shared", storage=storage)
     assert len(study.trials) == 2
     assert len(result.record["search"]["trials"]) == 2
