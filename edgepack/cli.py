@@ -18,7 +18,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 QUICK_OVERRIDES: dict[str, Any] = {
     "teacher.epochs": 1,
     "search.trials": 2,
-    "search.timeout_minutes": 3,
+    "search.timeout_minutes": 2,
     "search.train_fraction": 0.2,
     "search.epochs": [1, 2],
     "distill.epochs": 2,

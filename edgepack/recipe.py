@@ -415,14 +415,37 @@ def recipe_path(name_or_path: str) -> Path:
     return shipped
 
 
-def load_recipe(name_or_path: str = DEFAULT_RECIPE, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Load a recipe and apply dotted overrides such as {"teacher.epochs": 3, "target": "arm64"}."""
+def _read_values(name_or_path: str, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's TOML values, merged over those of the recipe it `extends` (if any)."""
     path = recipe_path(name_or_path)
+    if path.resolve() in chain:
+        raise RecipeError(f"Recipe {path} extends itself (through {' -> '.join(p.name for p in chain)}).")
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RecipeError(f"Recipe {path} is not valid TOML: {exc}.") from None
-    values.setdefault("name", path.stem)
+    values["name"] = values.get("name", path.stem)
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise RecipeError(f"Recipe {path}: extends = {base!r} must be a recipe name or path.")
+    if not Path(base).suffix and (path.parent / f"{base}.toml").is_file():
+        base = str(path.parent / f"{base}.toml")  # a sibling recipe, or a shipped one by name
+    merged = _read_values(base, (*chain, path.resolve()))
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merged[key] | value
+        else:
+            merged[key] = value
+    if "description" not in values:
+        merged["description"] = f"{values['name']}: {merged.get('description', '')} (extended)"
+    return merged
+
+
+def load_recipe(name_or_path: str = DEFAULT_RECIPE, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load a recipe (following `extends`) and apply dotted overrides such as {"teacher.epochs": 3}."""
+    values = _read_values(name_or_path)
     for dotted, value in (overrides or {}).items():
         *tables, key = dotted.split(".")
         node = values

@@ -8,7 +8,7 @@ from edgepack.recipe import QuantMode, RecipeError, load_recipe, parse_override,
 from edgepack.targets import TARGETS, resolve_quantization
 
 
-@pytest.mark.parametrize("name", ["clinc", "clinc-quick", "clinc-bert"])
+@pytest.mark.parametrize("name", ["clinc", "clinc-quick", "clinc-bert", "clinc-pruned", "clinc-tiny"])
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe.name == name
@@ -44,7 +44,10 @@ def test_bad_values_name_the_key_and_value(overrides: dict, message: str) -> Non
 
 
 def test_unknown_recipe_lists_the_shipped_ones() -> None:
-    with pytest.raises(RecipeError, match="Unknown recipe 'nope': use one of clinc, clinc-bert, clinc-quick"):
+    with pytest.raises(
+        RecipeError,
+        match="Unknown recipe 'nope': use one of clinc, clinc-bert, clinc-pruned, clinc-quick, clinc-tiny",
+    ):
         recipe_path("nope")
 
 
@@ -71,3 +74,28 @@ def test_target_presets_follow_optimum() -> None:
     assert vnni.weight_type == "int8" and "avx512_vnni" in TARGETS["cpu-avx512-vnni"].cpu_features
     pinned = resolve_quantization(load_recipe("clinc", {"quantize.per_channel": False}).quantize, "arm64")
     assert pinned.per_channel is False and pinned.weight_type == "int8"
+
+
+def test_extends_merges_tables_over_the_base(tmp_path: Path) -> None:
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "clinc"\n[teacher]\nepochs = 2\n[package]\nname = "child-int8"\n')
+    recipe = load_recipe(str(child))
+    assert recipe.name == "child" and recipe.teacher.epochs == 2
+    assert recipe.teacher.model == "sentence-transformers/all-MiniLM-L6-v2"  # the rest of [teacher] is kept
+    assert recipe.distill.layers == load_recipe("clinc").distill.layers
+
+
+def test_extends_cycle_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('extends = "b"\n')
+    (tmp_path / "b.toml").write_text('extends = "a"\n')
+    with pytest.raises(RecipeError, match="extends itself"):
+        load_recipe(str(tmp_path / "a.toml"))
+
+
+def test_quick_budget_matches_the_clinc_quick_recipe() -> None:
+    from edgepack.cli import QUICK_OVERRIDES
+
+    quick = load_recipe("clinc-quick").to_dict()
+    for dotted, value in QUICK_OVERRIDES.items():
+        section, key = dotted.split(".")
+        assert quick[section][key] == value, dotted
