@@ -200,10 +200,11 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                     "fp32_vs_int8_validation": quantized.record["fp32_vs_int8_validation"],
                     "student_fp32_graph": student_fp32,
                 }
-                manifest["build_seconds"] = timer.seconds | {"total": _elapsed(started)}
                 package.write_manifest(staging, manifest)
                 shipped = measured.record.get("test_thresholded", measured.record["test"])["accuracy"]
                 evaluate.confirm_shipped_predictions(staging, splits, shipped, recipe.evaluate.batch_size)
+            manifest["build_seconds"] = timer.seconds | {"total": _elapsed(started)}
+            package.write_manifest(staging, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return destination

@@ -11,7 +11,7 @@ from edgepack_runtime.bundle import verify_bundle
 
 from edgepack import evaluate, package
 from edgepack.errors import EdgepackError
-from edgepack.pipeline import build
+from edgepack.pipeline import STAGES, build
 from edgepack.recipe import load_recipe
 
 RECORDS = (
@@ -89,6 +89,7 @@ def test_manifest_records_what_each_stage_did(built: Path) -> None:
     assert m["target"] == {"name": "cpu-avx2", "cpu_features": ["avx2"], "note": "x86-64 with AVX2"}
     assert 0 <= m["metrics"]["test"]["accuracy"] <= 1
     assert m["metrics"]["fp32_vs_int8_validation"]["rows"] == 5
+    assert set(m["build_seconds"]) == {*STAGES, "total"}
 
 
 def test_bundle_runs_through_the_runtime(built: Path) -> None:
