@@ -288,11 +288,11 @@ def _check_reload(model: Any, tokenizer: Any, folder: Path, texts: list[str], ma
 
 
 def _trim_vocabulary(
-    model: Any, tokenizer: Any, teacher: TeacherResult, max_length: int, out_dir: Path
+    model: Any, tokenizer: Any, teacher: TeacherResult, max_length: int, out_dir: Path, keep_first: int
 ) -> tuple[Any, Any, dict[str, Any]]:
     """The model and tokenizer with the trimmed vocabulary (tokenizer saved in out_dir), and the record."""
     splits = teacher.splits
-    vocab_plan = vocab.plan(tokenizer, splits.texts["train"])
+    vocab_plan = vocab.plan(tokenizer, splits.texts["train"], keep_first)
     trimmed = copy.deepcopy(model)
     vocab.slice_embeddings(trimmed, vocab_plan)
     vocab.save_trimmed_tokenizer(tokenizer, vocab_plan, out_dir)
@@ -382,7 +382,9 @@ def run(
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.vocab is VocabMode.TRAIN:
-        model, tokenizer, record["vocab"] = _trim_vocabulary(model, tokenizer, teacher, max_length, out_dir)
+        model, tokenizer, record["vocab"] = _trim_vocabulary(
+            model, tokenizer, teacher, max_length, out_dir, config.vocab_keep_first
+        )
     else:
         tokenizer.save_pretrained(out_dir)
         record["vocab"] = {"mode": "full", "before": before["vocab_size"], "after": before["vocab_size"]}

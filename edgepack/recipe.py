@@ -178,6 +178,9 @@ class PruneConfig:
     drop_layers: list[int] = field(default_factory=list)  # student layer indices to remove
     keep_layers: int | None = None  # or: keep this many layers, dropping those whose removal costs least
     vocab: VocabMode = VocabMode.FULL  # "train": trim the embedding table to the training text's pieces
+    vocab_keep_first: int = (
+        0  # with vocab = "train", also keep ids below this (BERT lists pieces by frequency)
+    )
     importance_samples: int = 512  # training examples used to score layers, heads and FFN neurons
     recovery_epochs: float = 1.0  # distillation from the teacher's cached logits after pruning; 0 = none
     recovery_learning_rate: float = 5e-5
@@ -201,6 +204,9 @@ class PruneConfig:
                 self.keep_layers,
                 "none when drop_layers is set (use one of the two)",
             )
+        _check(
+            self.vocab_keep_first >= 0, "prune", "vocab_keep_first", self.vocab_keep_first, "an integer >= 0"
+        )
         _check(self.importance_samples >= 1, "prune", "importance_samples", self.importance_samples, ">= 1")
         _check(
             0 <= self.recovery_epochs <= 100,

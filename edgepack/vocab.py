@@ -74,8 +74,11 @@ def _unguarded_pieces(vocab: dict[str, int], prefix: str, special: set[str]) -> 
     return pieces, sorted(lacking)
 
 
-def plan(tokenizer: Any, train_texts: Sequence[str]) -> VocabPlan:
-    """Which ids to keep: special tokens, every piece of the (untruncated) training text, single characters."""
+def plan(tokenizer: Any, train_texts: Sequence[str], keep_first: int = 0) -> VocabPlan:
+    """Which ids to keep: special tokens, every piece of the (untruncated) training text, single characters,
+    and every id below `keep_first`. BERT-family WordPiece vocabularies list their pieces by frequency in the
+    pretraining corpus (`the`, `of`, `and`, ... right after the single characters), so the first ids are the
+    most common pieces: keeping them makes unseen text segment as before far more often."""
     from tokenizers import Tokenizer
 
     data = _backend_json(tokenizer)
@@ -101,8 +104,9 @@ def plan(tokenizer: Any, train_texts: Sequence[str]) -> VocabPlan:
             "".join(lacking[:20]),
             len(unguarded),
         )
-    kept = sorted(special | used | singles | unguarded)
     size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+    frequent = set(range(min(keep_first, size)))
+    kept = sorted(special | used | singles | unguarded | frequent)
     record = {
         "mode": "train",
         "before": size,
@@ -112,6 +116,7 @@ def plan(tokenizer: Any, train_texts: Sequence[str]) -> VocabPlan:
         "single_character_pieces": len(singles),
         "characters_without_single_piece": len(lacking),
         "kept_for_those_characters": len(unguarded - used - singles - special),
+        "kept_first_ids": keep_first,
         "chosen_from": "train",
     }
     log.info("prune: vocabulary %d -> %d pieces", size, len(kept))

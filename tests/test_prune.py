@@ -451,3 +451,22 @@ def test_trimmed_model_exports_with_parity(tmp_path: Path, trimmed: prune.PruneR
     exported, fused, quantized = _export_fuse_quantize(trimmed.model_dir, tmp_path)
     assert exported["parity_max_abs_logit_diff"] < 1e-4 and fused["complete"]
     assert quantized["op_counts"].get("QAttention") == 3
+
+
+def test_keep_first_keeps_the_most_frequent_pieces_too(tmp_path: Path) -> None:
+    """BERT vocabularies list pieces by frequency; keep_first keeps the first ids so common unseen words survive."""
+    from transformers import BertTokenizerFast
+
+    alphabet = "abdeghilmnorstw"
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *alphabet, *[f"##{c}" for c in alphabet]]
+    pieces += ["the", "world", "is", "mars", "hello"]  # "the", "world", "is" come first: the most frequent
+    (tmp_path / "vocab.txt").write_text("\n".join(pieces) + "\n")
+    original = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    first = pieces.index("is") + 1
+    plain, frequent = vocab.plan(original, ["hello"]), vocab.plan(original, ["hello"], keep_first=first)
+    ids = original.convert_tokens_to_ids(["the", "world", "is", "mars"])
+    assert not set(ids) & set(plain.kept)
+    assert set(ids[:3]) <= set(frequent.kept) and ids[3] not in frequent.kept
+    assert (
+        frequent.record["kept_first_ids"] == first and frequent.record["after"] == plain.record["after"] + 3
+    )
