@@ -64,7 +64,7 @@ def _describe(clf: Classifier) -> dict[str, Any]:
     }
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def plot(report: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,7 +92,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         )
     ax.set_xlabel("latency at batch 1, 1 thread, median (ms)")
     ax.set_ylabel("test accuracy (CLINC150 plus, oos threshold applied)")
-    ax.set_title("Bundles side by side (marker area ~ size on disk)")
+    ax.set_title(f"{title}\n(marker area ~ size on disk; the first bundle outlined)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.set_xlim(left=0)
     fig.tight_layout()
@@ -169,7 +169,7 @@ def main(
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{section}.json").write_text(json.dumps(report, indent=2))
-    plot(report, out / f"{section}.png")
+    plot(report, out / f"{section}.png", title)
     text = f"## {title}\n\n{markdown(report, names[0])}\n\n![{title}](results/{section}.png)"
     write_section(section, text)
     click.echo(text)
