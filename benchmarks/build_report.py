@@ -78,6 +78,15 @@ def render(manifest: dict, bundle: Path) -> str:
         f"Student: teacher layers {d.get('layers')}, {d['parameters']:,} parameters "
         f"(teacher {teacher['parameters']:,}); final settings {json.dumps(d['settings'])}.",
     ]
+    pruning = manifest.get("pruning")
+    if pruning:
+        before, after = pruning["before"], pruning["after"]
+        lines.append(
+            f"Pruning: {before['parameters']:,} -> {after['parameters']:,} parameters; heads per layer "
+            f"{before['heads']} -> {after['heads']}; FFN width {before['intermediate_size']} -> "
+            f"{after['intermediate_size']}; vocabulary {before['vocab_size']:,} -> {after['vocab_size']:,}; "
+            f"validation (thresholded) {json.dumps(pruning['validation_score'])}."
+        )
     search = d.get("search")
     if search:
         lines += [
