@@ -127,6 +127,32 @@ def _manifest(
     }
 
 
+def _quantize(
+    recipe: Recipe,
+    fused: Path,
+    input_names: list[str],
+    tokenizer: Any,
+    splits: data.LabelledSplits,
+    work: Path,
+) -> tuple[quantize.QuantizeResult, dict[str, Any]]:
+    """INT8 graph, its fp32-vs-int8 agreement on validation, and the fp32 graph's own scores."""
+    max_length = recipe.data.max_length
+    settings = resolve_quantization(recipe.quantize, recipe.target)
+    texts = _calibration_texts(splits.texts["train"], settings.calibration_samples)
+    calibration = quantize.calibration_feeds(tokenizer, texts, max_length, input_names)
+    quantized = quantize.run(fused, settings, calibration, work / "model-int8.onnx")
+    fp32 = {
+        split: evaluate.graph_logits(fused, tokenizer, splits.texts[split], max_length)
+        for split in ("validation", "test")
+    }
+    # One text per run: dynamic INT8 scales activations per batch, as the runtime does (batch_invariant).
+    int8_validation = evaluate.graph_logits(
+        quantized.onnx_path, tokenizer, splits.texts["validation"], max_length, batch_size=1
+    )
+    quantized.record["fp32_vs_int8_validation"] = quantize.agreement(fp32["validation"], int8_validation)
+    return quantized, metrics.split_report(fp32, splits.label_ids, splits.oos_id())
+
+
 def build(recipe: Recipe, *, force: bool = False) -> Path:
     """Run every stage and write the bundle; returns its folder."""
     destination = Path(recipe.package.output_dir) / recipe.package.name
@@ -157,22 +183,9 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                 exported.onnx_path, student_model_config, recipe.optimize, work / "model-fused.onnx"
             )
         with timer.stage("quantize"):
-            settings = resolve_quantization(recipe.quantize, recipe.target)
-            texts = _calibration_texts(splits.texts["train"], settings.calibration_samples)
-            calibration = quantize.calibration_feeds(tokenizer, texts, max_length, exported.input_names)
-            quantized = quantize.run(optimized.onnx_path, settings, calibration, work / "model-int8.onnx")
-            fp32 = {
-                split: evaluate.graph_logits(optimized.onnx_path, tokenizer, splits.texts[split], max_length)
-                for split in ("validation", "test")
-            }
-            # One text per run: dynamic INT8 scales activations per batch, as the runtime does (batch_invariant).
-            int8_validation = evaluate.graph_logits(
-                quantized.onnx_path, tokenizer, splits.texts["validation"], max_length, batch_size=1
+            quantized, student_fp32 = _quantize(
+                recipe, optimized.onnx_path, exported.input_names, tokenizer, splits, work
             )
-            quantized.record["fp32_vs_int8_validation"] = quantize.agreement(
-                fp32["validation"], int8_validation
-            )
-            student_fp32 = metrics.split_report(fp32, splits.label_ids, splits.oos_id())
         with package.staged_bundle(destination) as staging:
             with timer.stage("package"):
                 tokenizer_json = package.bundle_tokenizer_json(tokenizer, max_length)
