@@ -20,7 +20,6 @@ import argparse
 import json
 import platform
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -37,20 +36,14 @@ from edgepack_runtime.bench import SAMPLE_QUERIES
 from edgepack_runtime.data import DataError, load_labeled
 from tokenizers import Tokenizer
 
+from edgepack.bench import pipeline_folder, session_options
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from results_md import cpu_description, write_section  # noqa: E402
 
 CLINC = ROOT.parent / "shared" / "data" / "clinc150"
 Method = Callable[[str], str]  # query -> top label (for the agreement check)
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return options
 
 
 def runtime_method(clf: Classifier) -> Method:
@@ -73,41 +66,6 @@ def bare_method(bundle: Path, threads: int, labels: list[str]) -> Method:
         return labels[int(logits[0].argmax())]
 
     return run
-
-
-def pipeline_folder(
-    bundle: Path, manifest: dict[str, Any], labels: list[str], model_type: str, folder: Path
-) -> None:
-    """A folder Optimum and transformers can load: the bundle's graph and tokenizer plus config files."""
-    shutil.copyfile(bundle / "model.onnx", folder / "model.onnx")
-    shutil.copyfile(bundle / "tokenizer.json", folder / "tokenizer.json")
-    model = manifest["model"]
-    config = {
-        "model_type": model_type,
-        "architectures": ["BertForSequenceClassification"],
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
-        "vocab_size": model["vocab_size"],
-        "max_position_embeddings": model["max_position_embeddings"],
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    vocab = Tokenizer.from_file(str(bundle / "tokenizer.json")).get_vocab()
-    specials = {
-        f"{role}_token": token
-        for role, token in (
-            ("cls", "[CLS]"),
-            ("sep", "[SEP]"),
-            ("pad", "[PAD]"),
-            ("unk", "[UNK]"),
-            ("mask", "[MASK]"),
-        )
-        if token in vocab
-    }
-    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model["max_length"]}
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({**tokenizer_config, **specials}), encoding="utf-8"
-    )
 
 
 def pipeline_method(folder: Path, threads: int) -> Method:
