@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -140,6 +141,156 @@ def _summary(bundle: Any) -> None:
         )
     )
     click.echo(f"  verify with: edgepack-run verify {bundle}")
+
+
+DEFAULT_DATA = Path("..") / "shared" / "data" / "clinc150"
+
+
+def _bench_data(data: Path | None) -> tuple[Path | None, list[tuple[str, str]] | None]:
+    """The labeled texts for accuracy: --data, else the CLINC test split beside the project, else none."""
+    from edgepack_runtime.data import DataError, load_labeled
+
+    source = data if data is not None else (DEFAULT_DATA if DEFAULT_DATA.exists() else None)
+    if source is None:
+        click.echo(
+            f"No --data and no {DEFAULT_DATA}: accuracy is not measured, latency uses built-in sample queries.",
+            err=True,
+        )
+        return None, None
+    try:
+        return source, load_labeled(source, split="test")
+    except (DataError, OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--data") from None
+
+
+def _writable(path: Path | None, option: str) -> None:
+    if path is not None and not path.parent.resolve().is_dir():
+        raise click.BadParameter(f"folder {path.parent} does not exist", param_hint=option)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--teacher", default=None, help="Teacher to compare with: model folder, package:MODULE, or Hub id."
+)
+@click.option(
+    "--peer",
+    type=click.Choice(["optimum"]),
+    default=None,
+    help="Also run the first bundle's graph through this.",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"Labeled data for accuracy (CLINC JSON, CSV, JSONL) [default: {DEFAULT_DATA} if present].",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads, all alike."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="For throughput."
+)
+@click.option(
+    "--runs", type=click.IntRange(min=1), default=200, show_default=True, help="Interleaved latency rounds."
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls each."
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report."
+)
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG plot."
+)
+def bench(
+    bundles: tuple[Path, ...],
+    teacher: str | None,
+    peer: str | None,
+    data: Path | None,
+    threads: int,
+    batch_size: int,
+    runs: int,
+    warmup: int,
+    json_path: Path | None,
+    plot_path: Path | None,
+) -> None:
+    """Measure BUNDLES side by side (and --teacher, --peer): size, latency, throughput, accuracy.
+
+    The first bundle is highlighted in the plot and is the graph the peer runs."""
+    import json
+
+    from edgepack_runtime import BundleError
+
+    from edgepack import bench as lib
+
+    _writable(json_path, "--json")
+    _writable(plot_path, "--plot")
+    for path in bundles:
+        if not path.is_dir():
+            raise click.BadParameter(f"{path}: no such bundle folder", param_hint="BUNDLE")
+    source, pairs = _bench_data(data)
+    say = lambda message: click.echo(message, err=True)  # noqa: E731
+    contenders: list[lib.Contender] = []
+    skipped: list[dict[str, str]] = []
+    try:
+        names: set[str] = set()
+        for i, path in enumerate(bundles):
+            name = path.resolve().name
+            name = name if name not in names else f"{name}#{i + 1}"
+            names.add(name)
+            say(f"loading bundle {path} ...")
+            try:
+                contenders.append(lib.bundle_contender(path, threads, name))
+            except BundleError as exc:
+                raise click.BadParameter(
+                    f"{path} is not a valid bundle: {exc}", param_hint="BUNDLE"
+                ) from None
+        contenders[0].highlight = True
+        extra: list[lib.Contender] = []
+        if teacher is not None:
+            say(f"loading teacher {teacher} ...")
+            try:
+                extra.append(
+                    lib.teacher_contender(teacher, threads, contenders[0].manifest["model"]["max_length"])
+                )
+            except lib.SkipContender as exc:
+                skipped.append({"contender": "teacher", "reason": str(exc)})
+                say(f"skipping the teacher: {exc}")
+        if peer == "optimum":
+            say("loading the Optimum peer ...")
+            try:
+                extra.append(lib.optimum_contender(contenders[0], threads))
+            except lib.SkipContender as exc:
+                skipped.append({"contender": "peer", "reason": str(exc)})
+                say(f"skipping the peer: {exc}")
+        contenders = extra + contenders
+        report = lib.run(
+            contenders,
+            lib.latency_queries(pairs),
+            pairs,
+            threads=threads,
+            batch_size=batch_size,
+            runs=runs,
+            warmup=warmup,
+            data=source,
+            skipped=skipped,
+            log=say,
+        )
+    except (EdgepackError, BundleError, ValueError, RuntimeError, OSError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        for c in contenders:
+            for clean in c.cleanup:
+                clean()
+    click.echo(lib.format_table(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        click.echo(f"wrote {json_path}")
+    if plot_path is not None:
+        lib.plot(report, plot_path)
+        click.echo(f"wrote {plot_path}")
 
 
 if __name__ == "__main__":
