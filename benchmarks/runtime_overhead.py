@@ -36,7 +36,7 @@ from edgepack_runtime.bench import SAMPLE_QUERIES
 from edgepack_runtime.data import DataError, load_labeled
 from tokenizers import Tokenizer
 
-from edgepack.bench import pipeline_folder, session_options
+from edgepack.bench import optimum_pipeline, pipeline_folder, session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -69,16 +69,7 @@ def bare_method(bundle: Path, threads: int, labels: list[str]) -> Method:
 
 
 def pipeline_method(folder: Path, threads: int) -> Method:
-    from optimum.onnxruntime import ORTModelForSequenceClassification
-    from transformers import AutoTokenizer, pipeline
-
-    model = ORTModelForSequenceClassification.from_pretrained(
-        folder,
-        file_name="model.onnx",
-        provider="CPUExecutionProvider",
-        session_options=session_options(threads),
-    )
-    classify = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(folder))
+    classify = optimum_pipeline(folder, threads)
     return lambda text: classify(text, truncation=True)[0]["label"]
 
 

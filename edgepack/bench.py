@@ -210,11 +210,25 @@ def pipeline_folder(
     )
 
 
+def optimum_pipeline(folder: Path, threads: int) -> Any:
+    """A transformers text-classification pipeline around Optimum's ORTModelForSequenceClassification for the
+    model.onnx in `folder` (see pipeline_folder), on `threads` intra-op threads."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    model = ORTModelForSequenceClassification.from_pretrained(
+        folder,
+        file_name="model.onnx",
+        provider="CPUExecutionProvider",
+        session_options=session_options(threads),
+    )
+    return pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(folder))
+
+
 def optimum_contender(bundle: Contender, threads: int) -> Contender:
     """The bundle's graph through Optimum + a transformers pipeline. Raises SkipContender with the reason."""
     try:
-        from optimum.onnxruntime import ORTModelForSequenceClassification
-        from transformers import AutoTokenizer, pipeline
+        import optimum.onnxruntime  # noqa: F401
     except ImportError as exc:
         raise SkipContender(f"optimum's onnxruntime support is not installed ({exc})") from None
     manifest = bundle.manifest
@@ -222,13 +236,7 @@ def optimum_contender(bundle: Contender, threads: int) -> Contender:
     try:
         model_type = manifest["model"].get("architecture") or "bert"
         pipeline_folder(bundle.path, manifest, bundle.labels, model_type, tmp)
-        model = ORTModelForSequenceClassification.from_pretrained(
-            tmp,
-            file_name="model.onnx",
-            provider="CPUExecutionProvider",
-            session_options=session_options(threads),
-        )
-        classify = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(tmp))
+        classify = optimum_pipeline(tmp, threads)
     except Exception as exc:  # optimum and transformers raise many types; any of them means "skip"
         shutil.rmtree(tmp, ignore_errors=True)
         raise SkipContender(f"Optimum cannot load {bundle.path / 'model.onnx'}: {_one_line(exc)}") from None

@@ -94,9 +94,10 @@ class _ReportToTrial(TrainerCallback):
 
     def __init__(self, trial: Any, score: Any) -> None:
         self.trial, self.score, self.pruned = trial, score, False
+        self.last: float | None = None  # the score after the last epoch: the trial's result
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
-        value = self.score(model)
+        value = self.last = self.score(model)
         step = round(state.epoch or 0)
         self.trial.report(value, step)
         log.info("trial %d epoch %d: validation %.4f", self.trial.number, step, value)
@@ -226,7 +227,8 @@ def _search(
         model = distiller.train_student(trial_config, subset, work / f"trial-{trial.number}", [reporter])
         if reporter.pruned:
             raise optuna.TrialPruned()
-        score = distiller.validation_score(model)
+        # The model is unchanged since the last epoch's callback scored it.
+        score = reporter.last if reporter.last is not None else distiller.validation_score(model)
         if search.final == "keep" and score > best_model.get("score", -1.0):
             best_model.update(score=score, model=model)
         return score

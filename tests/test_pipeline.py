@@ -77,7 +77,10 @@ def test_manifest_records_what_each_stage_did(built: Path) -> None:
     m = json.loads((built / "manifest.json").read_text())
     assert m["teacher"]["fine_tuned_here"] is True
     assert m["distillation"]["layers"] == [0]
-    assert len(m["distillation"]["search"]["trials"]) == 2
+    trials = m["distillation"]["search"]["trials"]
+    assert len(trials) == 2
+    for t in trials:  # a trial's value is its score after its last epoch
+        assert t["value"] == t["intermediate"][str(max(int(k) for k in t["intermediate"]))]
     assert m["export"]["parity_max_abs_logit_diff"] <= m["export"]["parity_tolerance"]
     # Structure, not only outputs: a 1-layer student fuses into exactly these operators.
     fused = m["optimization"]["fused_operators"]
