@@ -66,10 +66,11 @@ def test_parse_override_reads_toml_values() -> None:
         parse_override("teacher.epochs")
 
 
-def test_target_presets_follow_optimum() -> None:
+def test_target_presets() -> None:
     recipe = load_recipe("clinc")
     avx2 = resolve_quantization(recipe.quantize, "cpu-avx2")
-    assert (avx2.weight_type, avx2.activation_type, avx2.per_channel) == ("uint8", "uint8", True)
+    assert (avx2.weight_type, avx2.activation_type, avx2.per_channel) == ("int8", "uint8", True)
+    assert avx2.reduce_range, "7-bit weights: AVX2's u8 x s8 pair-sum must not saturate"
     vnni = resolve_quantization(recipe.quantize, "cpu-avx512-vnni")
     assert vnni.weight_type == "int8" and "avx512_vnni" in TARGETS["cpu-avx512-vnni"].cpu_features
     pinned = resolve_quantization(load_recipe("clinc", {"quantize.per_channel": False}).quantize, "arm64")
