@@ -2,24 +2,35 @@
 
 Contenders (in this order):
   teacher   the fine-tuned model through a transformers `pipeline("text-classification")` in PyTorch
-            (torch.set_num_threads(threads)), truncating at the first bundle's max_length; plain argmax, no
-            out-of-scope threshold
+            (torch.set_num_threads(threads)), truncating at the first bundle's max_length; its out-of-scope
+            threshold is chosen on the validation data (as the build chose the bundles'), when there is some
   peer      the first bundle's model.onnx through Optimum's ORTModelForSequenceClassification in a transformers
-            pipeline (ORT intra-op threads); plain argmax
+            pipeline (ORT intra-op threads); the bundle's out-of-scope threshold applies to its scores
   bundle    each bundle through edgepack_runtime.Classifier (ORT intra-op threads); the out-of-scope threshold
             the bundle ships applies
 
 Latency is measured at batch 1, tokenization included, in interleaved rounds: every round times each contender
-once on the same query, in an order that rotates from round to round, so drift hits all alike. Throughput is
-texts per second through each contender's batch path at `batch_size`. Accuracy is on the labeled data.
+on the same `block` queries in a row, in an order that rotates from round to round, so drift hits all alike.
+A block of 1 (A B C A B C ...) measures each call right after the other contenders ran, its weights evicted
+from the caches by theirs: a cost of the benchmark, not of serving, and one that falls hardest on the smallest
+model. The default block of 10 measures the steady state of an application serving queries back to back (the
+chapter's PerformanceBenchmark timed each model's queries back to back) while still interleaving.
+
+Throughput is texts per second through each contender's batch path at `batch_size`. Accuracy is on the labeled
+data, with the contender's out-of-scope threshold and by plain argmax; accuracy against the teacher compares
+like with like. Each bundle's physical floor (edgepack.floor) is its graph's MACs for each latency query over
+this CPU's measured GEMM rates.
 
 JSON report (`--json FILE`), keys:
   schema          "edgepack.bench/1"
   created         ISO-8601 UTC time of the run
   machine         {"cpu": CPU model, SIMD flags and core count; "python": version; "versions": {package: version}}
-  settings        {"threads", "batch_size", "runs" (timed rounds), "warmup" (untimed calls per contender),
+  settings        {"threads", "batch_size", "runs" (timed calls per contender), "warmup" (untimed calls per
+                   contender), "block" (consecutive calls per contender in a round),
                    "queries" (distinct latency queries), "data" (path or null), "data_texts" (labeled texts or 0)}
   skipped         [{"contender": "teacher" | "peer", "reason": one line}] for contenders asked for but not run
+  gemm_rates      null with no floor measured, else {"threads", "shape": [M, K, N], "fp32", "int8_u8_weights",
+                   "int8_s8_weights", "int8" (the faster INT8)} in multiply-accumulates per second
   contenders      list, in the order above; each:
     name          display name (bundle: its folder name; teacher: "teacher"; peer: "<bundle> (optimum)")
     kind          "teacher" | "peer" | "bundle"
@@ -29,12 +40,18 @@ JSON report (`--json FILE`), keys:
                    none; peer and bundle: model.onnx), "total_bytes": the whole bundle (bundle only, else null)}
     latency       {"runs", "warmup", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms"} at batch 1
     throughput    {"batch_size", "texts", "seconds", "texts_per_s"}
-    accuracy      null without data, else {"texts", "accuracy", "in_scope_accuracy", "oos_recall", "oos_label",
-                   "thresholded" (whether an out-of-scope threshold applied), "unknown_labels" (gold labels
-                   the contender does not know)}; in_scope_accuracy / oos_recall are null without an oos label
+    accuracy      null without data, else {"texts", "accuracy" (as the contender answers: with its threshold
+                   when it has one), "argmax_accuracy", "in_scope_accuracy", "oos_recall" (both as answered;
+                   null without an oos label), "oos_label", "threshold" (null: none), "threshold_source"
+                   ("bundle" | "validation" | null), "unknown_labels" (gold labels the contender does not know)}
+    floor         bundles with a floor measured, else null: {"queries", "median_tokens", "floor_ms" (median over
+                   the latency queries), "latency_over_floor" (p50_ms / floor_ms), "median_query": {"tokens",
+                   "int8_macs", "fp32_macs", "floor_ms", and the graph's kernel time in ms from an ONNX Runtime
+                   profile: "int8_gemm_ms", "fp32_gemm_ms", "other_ms"}}
     vs_teacher    null without a teacher, else {"speedup": teacher p50 / p50, "throughput_ratio": texts_per_s /
                    teacher texts_per_s, "size_ratio": bytes / teacher bytes, "accuracy_delta": accuracy -
-                   teacher accuracy (null without data)}
+                   teacher accuracy, like with like ("accuracy_basis": "threshold" when both have one, else
+                   "argmax"; both null without data)}
 """
 
 from __future__ import annotations
@@ -56,7 +73,10 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.floor import Rates, bundle_floor
+
 SCHEMA = "edgepack.bench/1"
+DEFAULT_BLOCK = 10  # consecutive calls per contender per interleaved round (see interleaved_latency)
 MAX_QUERIES = 200  # distinct latency queries drawn from the data (seeded), cycled through
 Log = Callable[[str], None]
 
@@ -70,13 +90,19 @@ class Contender:
     path: Path
     predict: Callable[[str], str]
     predict_batch: Callable[[list[str], int], list[str]]
+    proba_batch: Callable[[list[str], int], np.ndarray]  # [texts, labels] probabilities, in `labels` order
     size: dict[str, int | None]
     labels: list[str]
     oos_label: str | None = None
-    thresholded: bool = False
+    threshold: float | None = None  # out-of-scope threshold on the top probability
+    threshold_source: str | None = None
     highlight: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)  # bundles only
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+
+class InvalidBundle(Exception):
+    """A bundle argument that edgepack_runtime refuses; the message names the bundle and the problem."""
 
 
 class SkipContender(Exception):
@@ -124,15 +150,22 @@ def bundle_contender(path: Path, threads: int, name: str) -> Contender:
         path=clf.path,
         predict=lambda text: clf.predict(text, top_k=1).label,
         predict_batch=lambda texts, bs: [p.label for p in clf.predict_batch(texts, batch_size=bs, top_k=1)],
+        proba_batch=lambda texts, bs: clf.predict_proba(texts, batch_size=bs),
         size={"bytes": sizes["model_bytes"], "total_bytes": sizes["total_bytes"]},
         labels=clf.labels,
-        oos_label=clf.oos_label or ("oos" if "oos" in clf.labels else None),
-        thresholded=clf.oos_threshold is not None,
+        oos_label=clf.oos_label or _oos_of(clf.labels),
+        threshold=clf.oos_threshold,
+        threshold_source="bundle" if clf.oos_threshold is not None else None,
         manifest=clf.manifest,
     )
 
 
-def _pipeline_labels(classify: Any, max_length: int) -> tuple[Callable[[str], str], Callable[..., list[str]]]:
+def _pipeline_calls(
+    classify: Any, max_length: int, labels: list[str]
+) -> tuple[Callable[[str], str], Callable[..., list[str]], Callable[..., np.ndarray]]:
+    """predict, predict_batch and proba_batch through a transformers text-classification pipeline."""
+    index = {label: i for i, label in enumerate(labels)}
+
     def one(text: str) -> str:
         return str(classify(text, truncation=True, max_length=max_length)[0]["label"])
 
@@ -140,15 +173,26 @@ def _pipeline_labels(classify: Any, max_length: int) -> tuple[Callable[[str], st
         out = classify(texts, batch_size=batch_size, truncation=True, max_length=max_length)
         return [str(row["label"]) for row in out]
 
-    return one, many
+    def proba(texts: list[str], batch_size: int) -> np.ndarray:
+        out = classify(texts, batch_size=batch_size, truncation=True, max_length=max_length, top_k=None)
+        probs = np.zeros((len(texts), len(labels)), dtype=np.float32)
+        for row, scores in enumerate(out):
+            for item in scores:
+                probs[row, index[item["label"]]] = item["score"]
+        return probs
+
+    return one, many, proba
 
 
 def _oos_of(labels: list[str]) -> str | None:
     return "oos" if "oos" in labels else None
 
 
-def teacher_contender(spec: str, threads: int, max_length: int) -> Contender:
-    """The teacher in PyTorch behind a transformers pipeline. Raises SkipContender with the reason."""
+def teacher_contender(
+    spec: str, threads: int, max_length: int, validation: Sequence[tuple[str, str]] | None = None
+) -> Contender:
+    """The teacher in PyTorch behind a transformers pipeline, with an out-of-scope threshold chosen on
+    `validation` when given. Raises SkipContender with the reason."""
     from edgepack.errors import EdgepackError
     from edgepack.models import finetuned_labels, load_tokenizer, resolve_model
 
@@ -169,17 +213,30 @@ def teacher_contender(spec: str, threads: int, max_length: int) -> Contender:
     size = sum(f.stat().st_size for f in files) or sum(
         t.numel() * t.element_size() for t in model.state_dict().values()
     )
-    one, many = _pipeline_labels(classify, max_length)
-    return Contender(
+    teacher = Contender(
         "teacher",
         "teacher",
         folder,
-        one,
-        many,
-        {"bytes": size, "total_bytes": None},
-        labels,
+        *_pipeline_calls(classify, max_length, labels),
+        size={"bytes": size, "total_bytes": None},
+        labels=labels,
         oos_label=_oos_of(labels),
     )
+    if validation and teacher.oos_label is not None:
+        teacher.threshold = validation_threshold(teacher, validation)
+        teacher.threshold_source = "validation"
+    return teacher
+
+
+def validation_threshold(c: Contender, validation: Sequence[tuple[str, str]], batch_size: int = 64) -> float:
+    """The out-of-scope threshold that maximises accuracy on `validation`, as the build chooses a bundle's."""
+    from edgepack.metrics import choose_threshold
+
+    assert c.oos_label is not None
+    probs = c.proba_batch([text for text, _ in validation], batch_size)
+    index = {label: i for i, label in enumerate(c.labels)}
+    gold = np.array([index.get(label, -1) for _, label in validation])
+    return choose_threshold(probs, gold, index[c.oos_label])[0]
 
 
 def pipeline_folder(
@@ -240,16 +297,16 @@ def optimum_contender(bundle: Contender, threads: int) -> Contender:
     except Exception as exc:  # optimum and transformers raise many types; any of them means "skip"
         shutil.rmtree(tmp, ignore_errors=True)
         raise SkipContender(f"Optimum cannot load {bundle.path / 'model.onnx'}: {_one_line(exc)}") from None
-    one, many = _pipeline_labels(classify, manifest["model"]["max_length"])
     peer = Contender(
         f"{bundle.name} (optimum)",
         "peer",
         bundle.path / "model.onnx",
-        one,
-        many,
-        {"bytes": bundle.size["bytes"], "total_bytes": None},
-        bundle.labels,
+        *_pipeline_calls(classify, manifest["model"]["max_length"], bundle.labels),
+        size={"bytes": bundle.size["bytes"], "total_bytes": None},
+        labels=bundle.labels,
         oos_label=bundle.oos_label,
+        threshold=bundle.threshold,
+        threshold_source=bundle.threshold_source,
     )
     peer.cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     return peer
@@ -258,6 +315,59 @@ def optimum_contender(bundle: Contender, threads: int) -> Contender:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def _bundle_names(bundles: Sequence[Path]) -> list[str]:
+    """Folder names, made unique (the same bundle twice gets '#2')."""
+    names: list[str] = []
+    for i, path in enumerate(bundles):
+        name = path.resolve().name
+        names.append(name if name not in names else f"{name}#{i + 1}")
+    return names
+
+
+def load_contenders(
+    bundles: Sequence[Path],
+    teacher: str | None,
+    peer: str | None,
+    validation: Sequence[tuple[str, str]] | None,
+    threads: int,
+    contenders: list[Contender],
+    skipped: list[dict[str, str]],
+    log: Log = lambda message: None,
+) -> None:
+    """Append teacher, peer and bundles to `contenders` (in that order; the first bundle highlighted and run
+    by the peer). A teacher or peer that cannot run here goes to `skipped` with its one-line reason; a bundle
+    that is not valid raises InvalidBundle."""
+    from edgepack_runtime import BundleError
+
+    loaded = []
+    for path, name in zip(bundles, _bundle_names(bundles), strict=True):
+        log(f"loading bundle {path} ...")
+        try:
+            loaded.append(bundle_contender(path, threads, name))
+        except BundleError as exc:
+            raise InvalidBundle(f"{path} is not a valid bundle: {exc}") from None
+    loaded[0].highlight = True
+    if teacher is not None:
+        log(
+            f"loading teacher {teacher}"
+            + " (and choosing its threshold on validation data)" * bool(validation)
+        )
+        try:
+            max_length = loaded[0].manifest["model"]["max_length"]
+            contenders.append(teacher_contender(teacher, threads, max_length, validation))
+        except SkipContender as exc:
+            skipped.append({"contender": "teacher", "reason": str(exc)})
+            log(f"skipping the teacher: {exc}")
+    if peer == "optimum":
+        log("loading the Optimum peer ...")
+        try:
+            contenders.append(optimum_contender(loaded[0], threads))
+        except SkipContender as exc:
+            skipped.append({"contender": "peer", "reason": str(exc)})
+            log(f"skipping the peer: {exc}")
+    contenders.extend(loaded)
 
 
 # ---------------------------------------------------------------- measurements
@@ -278,23 +388,31 @@ def summarize(times_ms: Sequence[float], warmup: int) -> dict[str, Any]:
 
 
 def interleaved_latency(
-    contenders: Sequence[Contender], texts: Sequence[str], runs: int, warmup: int, log: Log
+    contenders: Sequence[Contender],
+    texts: Sequence[str],
+    runs: int,
+    warmup: int,
+    log: Log,
+    block: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """Batch-1 latency: `runs` rounds, each timing every contender once on the same query, order rotating."""
+    """Batch-1 latency of `runs` timed calls per contender, in interleaved rounds: each round gives every
+    contender the same `block` queries in a row (block 1: A B C A B C ...), the order rotating per round."""
     for c in contenders:
         for text in itertools.islice(itertools.cycle(texts), warmup):
             c.predict(text)
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    step = max(1, runs // 4)
-    for r in range(runs):
-        text = texts[r % len(texts)]
+    rounds = -(-runs // block)
+    step = max(1, rounds // 4)
+    for r in range(rounds):
+        queries = [texts[i % len(texts)] for i in range(r * block, min(runs, (r + 1) * block))]
         shift = r % len(contenders)
         for c in [*contenders[shift:], *contenders[:shift]]:
-            start = time.perf_counter_ns()
-            c.predict(text)
-            times[c.name].append((time.perf_counter_ns() - start) / 1e6)
-        if (r + 1) % step == 0 or r + 1 == runs:
-            log(f"  latency: round {r + 1}/{runs}")
+            for text in queries:
+                start = time.perf_counter_ns()
+                c.predict(text)
+                times[c.name].append((time.perf_counter_ns() - start) / 1e6)
+        if (r + 1) % step == 0 or r + 1 == rounds:
+            log(f"  latency: round {r + 1}/{rounds}")
     return {name: summarize(values, warmup) for name, values in times.items()}
 
 
@@ -310,29 +428,35 @@ def throughput(c: Contender, texts: Sequence[str], batch_size: int) -> dict[str,
 
 
 def accuracy(c: Contender, pairs: Sequence[tuple[str, str]], batch_size: int) -> dict[str, Any]:
-    predicted = np.array(c.predict_batch([t for t, _ in pairs], batch_size), dtype=object)
-    gold = np.array([label for _, label in pairs], dtype=object)
-    correct = gold == predicted
-    known = set(c.labels)
+    """Accuracy as the contender answers (its threshold applied) and by plain argmax."""
+    from edgepack.metrics import predictions
+
+    probs = c.proba_batch([text for text, _ in pairs], batch_size)
+    index = {label: i for i, label in enumerate(c.labels)}
+    gold = np.array([index.get(label, -1) for _, label in pairs])  # -1: a label the contender does not know
+    oos_id = index.get(c.oos_label) if c.oos_label is not None else None
+    answered = predictions(probs, oos_id, c.threshold) == gold
     result: dict[str, Any] = {
         "texts": len(pairs),
-        "accuracy": float(correct.mean()),
+        "accuracy": float(answered.mean()),
+        "argmax_accuracy": float((probs.argmax(axis=1) == gold).mean()),
         "in_scope_accuracy": None,
         "oos_recall": None,
         "oos_label": c.oos_label,
-        "thresholded": c.thresholded,
-        "unknown_labels": sorted({str(g) for g in gold if g not in known}),
+        "threshold": c.threshold,
+        "threshold_source": c.threshold_source,
+        "unknown_labels": sorted({label for _, label in pairs if label not in index}),
     }
-    if c.oos_label is not None:
-        in_scope = gold != c.oos_label
+    if oos_id is not None:
+        in_scope = gold != oos_id
         if in_scope.any():
-            result["in_scope_accuracy"] = float(correct[in_scope].mean())
+            result["in_scope_accuracy"] = float(answered[in_scope].mean())
         if (~in_scope).any():
-            result["oos_recall"] = float(correct[~in_scope].mean())
+            result["oos_recall"] = float(answered[~in_scope].mean())
     return result
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     found = {}
     for name in ("edgepack", "edgepack-runtime", "onnxruntime", "tokenizers", "torch", "transformers"):
         try:
@@ -348,13 +472,25 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _accuracy_delta(
+    acc: dict[str, Any] | None, teacher: dict[str, Any] | None
+) -> tuple[float | None, str | None]:
+    """Accuracy minus the teacher's, like with like: both thresholded when both have a threshold, else argmax."""
+    if not acc or not teacher:
+        return None, None
+    if acc["threshold"] is not None and teacher["threshold"] is not None:
+        return acc["accuracy"] - teacher["accuracy"], "threshold"
+    return acc["argmax_accuracy"] - teacher["argmax_accuracy"], "argmax"
+
+
 def _vs_teacher(row: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
-    acc, t_acc = row["accuracy"], teacher["accuracy"]
+    delta, basis = _accuracy_delta(row["accuracy"], teacher["accuracy"])
     return {
         "speedup": teacher["latency"]["p50_ms"] / row["latency"]["p50_ms"],
         "throughput_ratio": row["throughput"]["texts_per_s"] / teacher["throughput"]["texts_per_s"],
         "size_ratio": row["size"]["bytes"] / teacher["size"]["bytes"],
-        "accuracy_delta": acc["accuracy"] - t_acc["accuracy"] if acc and t_acc else None,
+        "accuracy_delta": delta,
+        "accuracy_basis": basis,
     }
 
 
@@ -367,15 +503,19 @@ def run(
     batch_size: int,
     runs: int,
     warmup: int,
+    block: int = DEFAULT_BLOCK,
     data: Path | None = None,
     skipped: Sequence[dict[str, str]] = (),
+    rates: Rates | None = None,
     log: Log = lambda message: None,
 ) -> dict[str, Any]:
-    """Measure every contender (see the module docstring for the report's keys)."""
+    """Measure every contender (see the module docstring for the report's keys); with `rates`, each
+    bundle's physical floor too."""
     log(
-        f"latency at batch 1: {len(contenders)} contenders x {runs} interleaved rounds, {warmup} warm-up each"
+        f"latency at batch 1: {len(contenders)} contenders x {runs} calls, interleaved {block} at a time, "
+        f"{warmup} warm-up calls each"
     )
-    latencies = interleaved_latency(contenders, texts, runs, warmup, log)
+    latencies = interleaved_latency(contenders, texts, runs, warmup, log, block)
     rows = []
     for c in contenders:
         log(f"throughput at batch {batch_size}: {c.name}")
@@ -388,11 +528,15 @@ def run(
             "latency": latencies[c.name],
             "throughput": throughput(c, texts, batch_size),
             "accuracy": None,
+            "floor": None,
             "vs_teacher": None,
         }
         if pairs:
             log(f"accuracy on {len(pairs)} texts: {c.name}")
             row["accuracy"] = accuracy(c, pairs, batch_size)
+        if rates is not None and c.kind == "bundle":
+            log(f"physical floor: profiling {c.name}'s graph on the latency queries")
+            row["floor"] = bundle_floor(c.path, c.manifest, texts, rates, latencies[c.name]["p50_ms"])
         rows.append(row)
     teacher = next((row for row in rows if row["kind"] == "teacher"), None)
     if teacher is not None:
@@ -401,17 +545,19 @@ def run(
     return {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_description(), "python": platform.python_version(), "versions": _versions()},
+        "machine": {"cpu": cpu_description(), "python": platform.python_version(), "versions": versions()},
         "settings": {
             "threads": threads,
             "batch_size": batch_size,
             "runs": runs,
             "warmup": warmup,
+            "block": block,
             "queries": len(texts),
             "data": str(data) if data else None,
             "data_texts": len(pairs) if pairs else 0,
         },
         "skipped": list(skipped),
+        "gemm_rates": rates.to_dict() if rates is not None else None,
         "contenders": rows,
     }
 
@@ -425,100 +571,3 @@ def latency_queries(pairs: Sequence[tuple[str, str]] | None) -> list[str]:
     texts = [text for text, _ in pairs]
     random.Random(0).shuffle(texts)
     return texts[:MAX_QUERIES]
-
-
-# ---------------------------------------------------------------- output
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def format_table(report: dict[str, Any]) -> str:
-    s = report["settings"]
-    head = (
-        f"{s['threads']} thread(s); latency at batch 1 over {s['runs']} interleaved rounds on {s['queries']} "
-        f"queries (tokenization included); throughput at batch {s['batch_size']}; accuracy on "
-        + (f"{s['data_texts']} texts of {s['data']}" if s["data_texts"] else "no data (pass --data)")
-    )
-    columns = ["contender", "size MB", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "texts/s"]
-    columns += ["accuracy", "in-scope", "oos recall", "speed-up", "size x", "acc delta"]
-    table = [columns]
-    for r in report["contenders"]:
-        lat, acc, vs = r["latency"], r["accuracy"] or {}, r["vs_teacher"] or {}
-        table.append(
-            [
-                ("* " if r["highlight"] else "") + r["name"],
-                f"{r['size']['bytes'] / 1e6:.1f}",
-                *(f"{lat[k + '_ms']:.3f}" for k in ("p50", "p90", "p99", "mean", "std")),
-                f"{r['throughput']['texts_per_s']:.0f}",
-                _fmt(acc.get("accuracy"), ".4f"),
-                _fmt(acc.get("in_scope_accuracy"), ".4f"),
-                _fmt(acc.get("oos_recall"), ".4f"),
-                _fmt(vs.get("speedup"), ".2f"),
-                _fmt(vs.get("size_ratio"), ".3f"),
-                _fmt(vs.get("accuracy_delta"), "+.4f"),
-            ]
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    lines = [head, ""]
-    for row in table:
-        cells = [
-            row[0].ljust(widths[0]),
-            *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)),
-        ]
-        lines.append("  ".join(cells))
-    lines.append("")
-    lines.append("* first bundle. speed-up: teacher p50 / p50; size x: bytes / teacher bytes; bundles apply")
-    lines.append("  their shipped out-of-scope threshold, teacher and peer plain argmax.")
-    lines += [f"skipped {s['contender']}: {s['reason']}" for s in report["skipped"]]
-    return "\n".join(lines)
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Accuracy vs batch-1 latency; marker area proportional to size on disk; the first bundle highlighted.
-    Without accuracy figures the y axis is throughput instead."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report["contenders"]
-    with_accuracy = all(r["accuracy"] for r in rows)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    biggest = max(r["size"]["bytes"] for r in rows) or 1
-    for i, r in enumerate(rows):
-        x = r["latency"]["p50_ms"]
-        y = r["accuracy"]["accuracy"] if with_accuracy else r["throughput"]["texts_per_s"]
-        mb = r["size"]["bytes"] / 1e6
-        area = 40 + 2000 * r["size"]["bytes"] / biggest  # points^2
-        ax.scatter(
-            x,
-            y,
-            s=area,
-            alpha=0.55,
-            color=f"C{i % 10}",
-            edgecolors="red" if r["highlight"] else "black",
-            linewidths=2.5 if r["highlight"] else 0.6,
-            zorder=3,
-        )
-        label = f"{r['name']}\n{mb:.1f} MB, {x:.2f} ms"
-        ax.annotate(
-            label,
-            (x, y),
-            textcoords="offset points",
-            xytext=(area**0.5 / 2 + 5, -6),
-            fontsize=8,
-            fontweight="bold" if r["highlight"] else "normal",
-        )
-    s = report["settings"]
-    ax.set_xlabel(f"latency at batch 1, {s['threads']} thread(s), median (ms)")
-    accuracy_label = "accuracy (bundles: shipped oos threshold; teacher, peer: argmax)"
-    ax.set_ylabel(accuracy_label if with_accuracy else f"throughput at batch {s['batch_size']} (texts/s)")
-    ax.margins(y=0.12)
-    ax.set_title("edgepack bench (marker area ~ size on disk; first bundle outlined in red)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.set_xlim(left=0, right=max(r["latency"]["p50_ms"] for r in rows) * 1.45)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -146,10 +146,17 @@ def _summary(bundle: Any) -> None:
 DEFAULT_DATA = Path("..") / "shared" / "data" / "clinc150"
 
 
-def _bench_data(data: Path | None) -> tuple[Path | None, list[tuple[str, str]] | None]:
-    """The labeled texts for accuracy: --data, else the CLINC test split beside the project, else none."""
+def _labeled(source: Path, split: str, option: str) -> list[tuple[str, str]]:
     from edgepack_runtime.data import DataError, load_labeled
 
+    try:
+        return load_labeled(source, split=split)
+    except (DataError, OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def _bench_data(data: Path | None) -> tuple[Path | None, list[tuple[str, str]] | None]:
+    """The labeled texts for accuracy: --data, else the CLINC test split beside the project, else none."""
     source = data if data is not None else (DEFAULT_DATA if DEFAULT_DATA.exists() else None)
     if source is None:
         click.echo(
@@ -157,10 +164,17 @@ def _bench_data(data: Path | None) -> tuple[Path | None, list[tuple[str, str]] |
             err=True,
         )
         return None, None
-    try:
-        return source, load_labeled(source, split="test")
-    except (DataError, OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--data") from None
+    return source, _labeled(source, "test", "--data")
+
+
+def _validation_data(validation: Path | None, source: Path | None) -> list[tuple[str, str]] | None:
+    """Texts to choose the teacher's out-of-scope threshold on: --validation, else the validation split of
+    CLINC --data; none for a single-split --data file (the teacher is then compared by argmax)."""
+    if validation is not None:
+        return _labeled(validation, "validation", "--validation")
+    if source is not None and (source.is_dir() or source.suffix.lower() == ".json"):
+        return _labeled(source, "validation", "--data")
+    return None
 
 
 def _writable(path: Path | None, option: str) -> None:
@@ -186,16 +200,35 @@ def _writable(path: Path | None, option: str) -> None:
     help=f"Labeled data for accuracy (CLINC JSON, CSV, JSONL) [default: {DEFAULT_DATA} if present].",
 )
 @click.option(
+    "--validation",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Labeled data to choose the teacher's out-of-scope threshold on [default: CLINC --data's validation split].",
+)
+@click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads, all alike."
 )
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="For throughput."
 )
 @click.option(
-    "--runs", type=click.IntRange(min=1), default=200, show_default=True, help="Interleaved latency rounds."
+    "--runs", type=click.IntRange(min=1), default=300, show_default=True, help="Timed calls per contender."
+)
+@click.option(
+    "--block",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Calls per contender in each interleaved round (1: A B C A B C ..., each call after the others ran).",
 )
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls each."
+)
+@click.option(
+    "--floor/--no-floor",
+    default=True,
+    show_default=True,
+    help="Measure this CPU's GEMM rates and each bundle's physical floor.",
 )
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report."
@@ -208,14 +241,18 @@ def bench(
     teacher: str | None,
     peer: str | None,
     data: Path | None,
+    validation: Path | None,
     threads: int,
     batch_size: int,
     runs: int,
+    block: int,
     warmup: int,
+    floor: bool,
     json_path: Path | None,
     plot_path: Path | None,
 ) -> None:
-    """Measure BUNDLES side by side (and --teacher, --peer): size, latency, throughput, accuracy.
+    """Measure BUNDLES side by side (and --teacher, --peer): size, latency, throughput, accuracy, and how far
+    each bundle is from the physical floor of its arithmetic on this CPU.
 
     The first bundle is highlighted in the plot and is the graph the peer runs."""
     import json
@@ -223,6 +260,8 @@ def bench(
     from edgepack_runtime import BundleError
 
     from edgepack import bench as lib
+    from edgepack import bench_report
+    from edgepack.floor import gemm_rates
 
     _writable(json_path, "--json")
     _writable(plot_path, "--plot")
@@ -230,41 +269,19 @@ def bench(
         if not path.is_dir():
             raise click.BadParameter(f"{path}: no such bundle folder", param_hint="BUNDLE")
     source, pairs = _bench_data(data)
+    validation_pairs = _validation_data(validation, source) if teacher is not None else None
     say = lambda message: click.echo(message, err=True)  # noqa: E731
     contenders: list[lib.Contender] = []
     skipped: list[dict[str, str]] = []
     try:
-        names: set[str] = set()
-        for i, path in enumerate(bundles):
-            name = path.resolve().name
-            name = name if name not in names else f"{name}#{i + 1}"
-            names.add(name)
-            say(f"loading bundle {path} ...")
-            try:
-                contenders.append(lib.bundle_contender(path, threads, name))
-            except BundleError as exc:
-                raise click.BadParameter(
-                    f"{path} is not a valid bundle: {exc}", param_hint="BUNDLE"
-                ) from None
-        contenders[0].highlight = True
-        extra: list[lib.Contender] = []
-        if teacher is not None:
-            say(f"loading teacher {teacher} ...")
-            try:
-                extra.append(
-                    lib.teacher_contender(teacher, threads, contenders[0].manifest["model"]["max_length"])
-                )
-            except lib.SkipContender as exc:
-                skipped.append({"contender": "teacher", "reason": str(exc)})
-                say(f"skipping the teacher: {exc}")
-        if peer == "optimum":
-            say("loading the Optimum peer ...")
-            try:
-                extra.append(lib.optimum_contender(contenders[0], threads))
-            except lib.SkipContender as exc:
-                skipped.append({"contender": "peer", "reason": str(exc)})
-                say(f"skipping the peer: {exc}")
-        contenders = extra + contenders
+        try:
+            lib.load_contenders(bundles, teacher, peer, validation_pairs, threads, contenders, skipped, say)
+        except lib.InvalidBundle as exc:
+            raise click.BadParameter(str(exc), param_hint="BUNDLE") from None
+        rates = None
+        if floor:
+            say(f"measuring this CPU's FP32 and INT8 matrix-multiply rates on {threads} thread(s) ...")
+            rates = gemm_rates(threads)
         report = lib.run(
             contenders,
             lib.latency_queries(pairs),
@@ -273,8 +290,10 @@ def bench(
             batch_size=batch_size,
             runs=runs,
             warmup=warmup,
+            block=block,
             data=source,
             skipped=skipped,
+            rates=rates,
             log=say,
         )
     except (EdgepackError, BundleError, ValueError, RuntimeError, OSError) as exc:
@@ -284,13 +303,52 @@ def bench(
         for c in contenders:
             for clean in c.cleanup:
                 clean()
-    click.echo(lib.format_table(report))
+    click.echo(bench_report.format_table(report))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
         click.echo(f"wrote {json_path}")
     if plot_path is not None:
-        lib.plot(report, plot_path)
+        bench_report.plot(report, plot_path)
         click.echo(f"wrote {plot_path}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Executable to write [default: dist/<bundle folder name>].",
+)
+@click.option("--force", is_flag=True, help="Replace an existing executable.")
+def freeze(bundle: Path, out: Path | None, force: bool) -> None:
+    """Freeze BUNDLE into one executable (PyInstaller) that classifies text without a Python install.
+
+    The executable carries the bundle and edgepack_runtime only (no torch, no transformers), verifies the
+    bundle every time it starts, and answers its arguments or stdin lines as JSON lines (run it with -h).
+    Needs PyInstaller: pip install 'edgepack[freeze]'."""
+    from edgepack import freeze as lib
+
+    out = out if out is not None else Path("dist") / bundle.resolve().name
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C: no half-written executable
+    try:
+        result = lib.freeze(bundle, out, force=force, progress=lambda m: click.echo(m, err=True))
+    except lib.BundleRefused as exc:
+        raise click.BadParameter(str(exc), param_hint="BUNDLE") from None
+    except lib.DestinationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
+    except KeyboardInterrupt:
+        click.echo("Interrupted: no executable was written (an existing one is untouched).", err=True)
+        sys.exit(130)
+    except (EdgepackError, OSError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"Froze {bundle} into {result.path}: {result.size_bytes / 1e6:.1f} MB in {result.seconds:.0f} s"
+    )
+    click.echo(f"  Python packages inside: {', '.join(result.packages)} (+ the standard library)")
+    click.echo(f"  checked absent: {', '.join(lib.BANNED)}")
+    click.echo(f'  try: {result.path} "what is the pin number for my account?"   (or --version, --bench, -h)')
 
 
 if __name__ == "__main__":

@@ -10,25 +10,41 @@ import pytest
 from click.testing import CliRunner
 from edgepack_runtime.bench import SAMPLE_QUERIES
 from test_pipeline import _tiny_overrides
+from tokenizers import Tokenizer
 
 from edgepack.bench import SCHEMA, summarize
 from edgepack.cli import main
+from edgepack.floor import gemm_rates, kernel_macs, profile_graph
 from edgepack.pipeline import build
 from edgepack.recipe import load_recipe
 
 PNG = b"\x89PNG\r\n\x1a\n"
-ROW_KEYS = {"name", "kind", "path", "highlight", "size", "latency", "throughput", "accuracy", "vs_teacher"}
+ROW_KEYS = {
+    "name",
+    "kind",
+    "path",
+    "highlight",
+    "size",
+    "latency",
+    "throughput",
+    "accuracy",
+    "floor",
+    "vs_teacher",
+}
 LATENCY_KEYS = {"runs", "warmup", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms"}
 ACCURACY_KEYS = {
     "texts",
     "accuracy",
+    "argmax_accuracy",
     "in_scope_accuracy",
     "oos_recall",
     "oos_label",
-    "thresholded",
+    "threshold",
+    "threshold_source",
     "unknown_labels",
 }
-FAST = ["--runs", "5", "--warmup", "2", "--batch-size", "4"]
+FLOOR_KEYS = {"queries", "median_tokens", "floor_ms", "latency_over_floor", "median_query"}
+FAST = ["--runs", "5", "--block", "2", "--warmup", "2", "--batch-size", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +76,8 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
         "optimum",
         "--data",
         str(tiny_data / "test.csv"),
+        "--validation",
+        str(tiny_data / "validation.csv"),
         "--json",
         str(out_json),
         "--plot",
@@ -69,9 +87,12 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
     assert code == 0, output
     report = json.loads(out_json.read_text())
     assert report["schema"] == SCHEMA
-    assert set(report) == {"schema", "created", "machine", "settings", "skipped", "contenders"}
-    assert report["settings"]["runs"] == 5 and report["settings"]["data_texts"] == 10
+    assert set(report) == {"schema", "created", "machine", "settings", "skipped", "gemm_rates", "contenders"}
+    assert report["settings"]["runs"] == 5 and report["settings"]["block"] == 2
+    assert report["settings"]["data_texts"] == 10
     assert report["skipped"] == []
+    rates = report["gemm_rates"]
+    assert rates["threads"] == 1 and rates["int8"] == max(rates["int8_u8_weights"], rates["int8_s8_weights"])
     rows = report["contenders"]
     assert [r["kind"] for r in rows] == ["teacher", "peer", "bundle", "bundle"]
     assert rows[2]["name"] != rows[3]["name"], "the same bundle twice gets two names"
@@ -82,16 +103,84 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
         assert set(lat) == LATENCY_KEYS and lat["runs"] == 5
         assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
         assert row["throughput"]["texts_per_s"] > 0 and row["size"]["bytes"] > 0
-        assert set(row["accuracy"]) == ACCURACY_KEYS and 0 <= row["accuracy"]["accuracy"] <= 1
-        assert row["accuracy"]["oos_label"] == "oos" and row["accuracy"]["oos_recall"] is not None
-        assert set(row["vs_teacher"]) == {"speedup", "throughput_ratio", "size_ratio", "accuracy_delta"}
-    assert rows[0]["vs_teacher"]["speedup"] == pytest.approx(1.0)
-    assert rows[0]["size"]["bytes"] == sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
-    assert rows[2]["size"]["bytes"] == (bundle / "model.onnx").stat().st_size
-    assert rows[2]["size"]["total_bytes"] > rows[2]["size"]["bytes"]
+        acc = row["accuracy"]
+        assert set(acc) == ACCURACY_KEYS and 0 <= acc["accuracy"] <= 1 and 0 <= acc["argmax_accuracy"] <= 1
+        assert acc["oos_label"] == "oos" and acc["oos_recall"] is not None
+        assert set(row["vs_teacher"]) == {
+            "speedup",
+            "throughput_ratio",
+            "size_ratio",
+            "accuracy_delta",
+            "accuracy_basis",
+        }
+        assert row["vs_teacher"]["accuracy_basis"] == "threshold"
+        assert (row["floor"] is None) == (row["kind"] != "bundle")
+    teacher_row, peer_row, bundle_row = rows[0], rows[1], rows[2]
+    assert teacher_row["accuracy"]["threshold_source"] == "validation"
+    assert bundle_row["accuracy"]["threshold_source"] == "bundle"
+    assert peer_row["accuracy"]["threshold"] == bundle_row["accuracy"]["threshold"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert bundle_row["accuracy"]["accuracy"] == pytest.approx(
+        manifest["metrics"]["test_thresholded"]["accuracy"]
+    )
+    assert bundle_row["accuracy"]["argmax_accuracy"] == pytest.approx(manifest["metrics"]["test"]["accuracy"])
+    assert teacher_row["vs_teacher"]["speedup"] == pytest.approx(1.0)
+    assert teacher_row["vs_teacher"]["accuracy_delta"] == 0.0
+    assert teacher_row["size"]["bytes"] == sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
+    assert bundle_row["size"]["bytes"] == (bundle / "model.onnx").stat().st_size
+    assert bundle_row["size"]["total_bytes"] > bundle_row["size"]["bytes"]
+    floor = bundle_row["floor"]
+    assert set(floor) == FLOOR_KEYS and floor["queries"] == report["settings"]["queries"]
+    assert floor["latency_over_floor"] == pytest.approx(bundle_row["latency"]["p50_ms"] / floor["floor_ms"])
     assert out_png.read_bytes()[:8] == PNG
-    for name in ("teacher", "speed-up", "oos recall", bundle.name):
+    for name in ("teacher", "speed-up", "oos recall", bundle.name, "Physical floor", "p50/floor"):
         assert name in output
+
+
+def test_single_split_data_compares_with_the_teacher_by_argmax(
+    built: tuple[Path, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    bundle, teacher = built
+    out_json = tmp_path / "r.json"
+    args = [str(bundle), "--teacher", str(teacher), "--data", str(tiny_data / "test.csv"), "--no-floor"]
+    code, output = _bench(*args, "--json", str(out_json), *FAST)
+    assert code == 0, output
+    report = json.loads(out_json.read_text())
+    teacher_row, bundle_row = report["contenders"]
+    assert teacher_row["accuracy"]["threshold"] is None and report["gemm_rates"] is None
+    vs = bundle_row["vs_teacher"]
+    assert vs["accuracy_basis"] == "argmax" and bundle_row["floor"] is None
+    expected = bundle_row["accuracy"]["argmax_accuracy"] - teacher_row["accuracy"]["argmax_accuracy"]
+    assert vs["accuracy_delta"] == pytest.approx(expected)
+    assert "(argmax)" in output
+
+
+def test_floor_counts_the_graphs_multiply_accumulates(built: tuple[Path, Path]) -> None:
+    """The tiny student (1 layer, hidden 32, FFN 64, dynamic INT8): every product counted, none twice."""
+    bundle = built[0]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ids = Tokenizer.from_file(str(bundle / "tokenizer.json")).encode("book a flight to paris").ids
+    profile = profile_graph((bundle / "model.onnx").read_bytes(), manifest, [ids], threads=1, runs=1)
+    seq, hidden, ffn, labels = len(ids), 32, 64, manifest["model"]["num_labels"]
+    layer = seq * hidden * 3 * hidden + seq * hidden * hidden + 2 * seq * hidden * ffn
+    pooler_and_classifier = hidden * hidden + hidden * labels
+    assert profile[seq].int8_macs == layer + pooler_and_classifier
+    assert profile[seq].fp32_macs == seq * seq * 2 * hidden  # attention scores and context, in float
+    assert profile[seq].int8_gemm_ms > 0 and profile[seq].other_ms > 0
+
+
+def test_kernel_macs_by_op() -> None:
+    assert kernel_macs("MatMul", [[2, 5, 8], [8, 16]], [[2, 5, 16]]) == (0, 2 * 5 * 16 * 8)
+    assert kernel_macs("DynamicQuantizeMatMul", [[1, 7, 8], [16], [16]], [[1, 7, 16]]) == (7 * 16 * 8, 0)
+    assert kernel_macs("Attention", [[1, 4, 8], [24], [1]], [[1, 4, 8]]) == (0, 4 * 8 * 24 + 4 * 4 * 16)
+    assert kernel_macs("SkipLayerNormalization", [[1, 4, 8]] * 5, [[1, 4, 8]]) == (0, 0)
+
+
+def test_gemm_rates_are_measured() -> None:
+    rates = gemm_rates(threads=1, shape=(64, 64, 64), repeats=3)
+    assert min(rates.fp32, rates.int8_u8_weights, rates.int8_s8_weights) > 0
+    assert rates.int8 == max(rates.int8_u8_weights, rates.int8_s8_weights)
+    assert rates.to_dict()["shape"] == [64, 64, 64]
 
 
 def test_without_data_latency_uses_sample_queries(

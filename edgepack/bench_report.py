@@ -1,0 +1,164 @@
+"""What `edgepack bench` shows: the terminal tables and the plot, both drawn from the JSON report alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _aligned(table: list[list[str]]) -> list[str]:
+    """First column left-aligned, the rest right-aligned."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return [
+        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+        for row in table
+    ]
+
+
+def _contender_row(r: dict[str, Any]) -> list[str]:
+    lat, acc, vs = r["latency"], r["accuracy"] or {}, r["vs_teacher"] or {}
+    delta = vs.get("accuracy_delta")
+    basis = {"threshold": "", "argmax": " (argmax)"}.get(vs.get("accuracy_basis") or "", "")
+    return [
+        ("* " if r["highlight"] else "") + r["name"],
+        f"{r['size']['bytes'] / 1e6:.1f}",
+        *(f"{lat[k + '_ms']:.3f}" for k in ("p50", "p90", "p99", "mean", "std")),
+        f"{r['throughput']['texts_per_s']:.0f}",
+        _fmt(acc.get("accuracy"), ".4f"),
+        _fmt(acc.get("argmax_accuracy"), ".4f"),
+        _fmt(acc.get("in_scope_accuracy"), ".4f"),
+        _fmt(acc.get("oos_recall"), ".4f"),
+        _fmt(vs.get("speedup"), ".2f"),
+        _fmt(vs.get("size_ratio"), ".3f"),
+        _fmt(delta, "+.4f") + basis,
+    ]
+
+
+def _floor_lines(report: dict[str, Any]) -> list[str]:
+    rates = report.get("gemm_rates")
+    rows = [r for r in report["contenders"] if r.get("floor")]
+    if not rates or not rows:
+        return []
+    m, k, n = rates["shape"]
+    lines = [
+        "",
+        f"Physical floor. Attainable GEMM rates here ({rates['threads']} thread(s), ONNX Runtime kernels at "
+        f"{m}x{k}x{n}): FP32 {rates['fp32'] / 1e9:.1f}, INT8 {rates['int8_u8_weights'] / 1e9:.1f} (uint8 "
+        f"weights) / {rates['int8_s8_weights'] / 1e9:.1f} (int8 weights) GMAC/s.",
+        "",
+    ]
+    columns = ["bundle", "tokens", "INT8 MMAC", "FP32 MMAC", "floor ms", "p50 ms", "p50/floor"]
+    table = [[*columns, "INT8 GEMM ms", "FP32 GEMM ms", "other ops ms"]]
+    for r in rows:
+        f, q = r["floor"], r["floor"]["median_query"]
+        table.append(
+            [
+                r["name"],
+                str(f["median_tokens"]),
+                f"{q['int8_macs'] / 1e6:.1f}",
+                f"{q['fp32_macs'] / 1e6:.1f}",
+                f"{f['floor_ms']:.3f}",
+                f"{r['latency']['p50_ms']:.3f}",
+                f"{f['latency_over_floor']:.2f}",
+                f"{q['int8_gemm_ms']:.3f}",
+                f"{q['fp32_gemm_ms']:.3f}",
+                f"{q['other_ms']:.3f}",
+            ]
+        )
+    lines += _aligned(table)
+    lines.append(
+        "floor: MACs / the faster attainable rate, median over the latency queries; MACs and kernel times "
+        "(ONNX Runtime profile) for the median-length query."
+    )
+    return lines
+
+
+def format_table(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    head = (
+        f"{s['threads']} thread(s); latency at batch 1: {s['runs']} calls each, interleaved {s['block']} at a "
+        f"time, on {s['queries']} queries (tokenization included); throughput at batch {s['batch_size']}; "
+        "accuracy on "
+        + (f"{s['data_texts']} texts of {s['data']}" if s["data_texts"] else "no data (pass --data)")
+    )
+    columns = ["contender", "size MB", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "texts/s"]
+    columns += ["accuracy", "argmax", "in-scope", "oos recall", "speed-up", "size x", "acc delta"]
+    lines = [head, "", *_aligned([columns, *map(_contender_row, report["contenders"])]), ""]
+    lines.append(
+        "* first bundle. accuracy: as answered, with the contender's out-of-scope threshold (bundles:"
+    )
+    lines.append("  shipped; teacher: chosen on validation data; peer: the bundle's); argmax: without it.")
+    lines.append("  speed-up: teacher p50 / p50; size x: bytes / teacher bytes; acc delta: vs the teacher,")
+    lines.append("  both thresholded, or both argmax when either has no threshold.")
+    for c in report["contenders"]:
+        acc = c["accuracy"] or {}
+        if acc.get("unknown_labels"):
+            lines.append(f"  {c['name']} does not know these gold labels: {', '.join(acc['unknown_labels'])}")
+    lines += _floor_lines(report)
+    lines += [f"skipped {s['contender']}: {s['reason']}" for s in report["skipped"]]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Accuracy vs batch-1 latency; marker area proportional to size on disk; the first bundle highlighted.
+    Without accuracy figures the y axis is throughput instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["contenders"]
+    with_accuracy = all(r["accuracy"] for r in rows)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    biggest = max(r["size"]["bytes"] for r in rows) or 1
+    for i, r in enumerate(rows):
+        x = r["latency"]["p50_ms"]
+        y = r["accuracy"]["accuracy"] if with_accuracy else r["throughput"]["texts_per_s"]
+        area = 40 + 2000 * r["size"]["bytes"] / biggest  # points^2
+        ax.scatter(
+            x,
+            y,
+            s=area,
+            alpha=0.55,
+            color=f"C{i % 10}",
+            edgecolors="red" if r["highlight"] else "black",
+            linewidths=2.5 if r["highlight"] else 0.6,
+            zorder=3,
+        )
+        ax.annotate(
+            f"{r['name']}\n{r['size']['bytes'] / 1e6:.1f} MB, {x:.2f} ms",
+            (x, y),
+            textcoords="offset points",
+            xytext=(area**0.5 / 2 + 5, -6),
+            fontsize=8,
+            fontweight="bold" if r["highlight"] else "normal",
+        )
+    floors = [r for r in rows if r.get("floor")]
+    if floors:
+        first = floors[0]
+        ax.axvline(first["floor"]["floor_ms"], color="grey", linestyle=":", zorder=1)
+        ax.annotate(
+            f"floor of {first['name']}",
+            (first["floor"]["floor_ms"], 0.02),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            color="grey",
+            xytext=(3, 0),
+            textcoords="offset points",
+        )
+    s = report["settings"]
+    ax.set_xlabel(f"latency at batch 1, {s['threads']} thread(s), median (ms)")
+    accuracy_label = "accuracy (each with its out-of-scope threshold)"
+    ax.set_ylabel(accuracy_label if with_accuracy else f"throughput at batch {s['batch_size']} (texts/s)")
+    ax.margins(y=0.12)
+    ax.set_title("edgepack bench (marker area ~ size on disk; first bundle outlined in red)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.set_xlim(left=0, right=max(r["latency"]["p50_ms"] for r in rows) * 1.45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
