@@ -46,8 +46,8 @@ JSON report (`--json FILE`), keys:
                    ("bundle" | "validation" | null), "unknown_labels" (gold labels the contender does not know)}
     floor         bundles with a floor measured, else null: {"queries", "median_tokens", "floor_ms" (median over
                    the latency queries), "latency_over_floor" (p50_ms / floor_ms), "median_query": {"tokens",
-                   "int8_macs", "fp32_macs", "floor_ms", and the graph's kernel time in ms from an ONNX Runtime
-                   profile: "int8_gemm_ms", "fp32_gemm_ms", "other_ms"}}
+                   "int8_macs", "fp32_macs", "floor_ms", "graph_ms" (InferenceSession.run alone, median), and
+                   kernel times in ms from an ONNX Runtime profile: "int8_gemm_ms", "fp32_gemm_ms", "other_ms"}}
     vs_teacher    null without a teacher, else {"speedup": teacher p50 / p50, "throughput_ratio": texts_per_s /
                    teacher texts_per_s, "size_ratio": bytes / teacher bytes, "accuracy_delta": accuracy -
                    teacher accuracy, like with like ("accuracy_basis": "threshold" when both have one, else

@@ -60,7 +60,8 @@ class Rates:
 
 @dataclass
 class GraphProfile:
-    """One query through the graph: MACs by precision and kernel time (ms) by kind."""
+    """One query through the graph: MACs by precision and kernel time (ms) by kind, as profiled (the profiler
+    adds its own cost to every kernel, so these sum to more than the graph's unprofiled run)."""
 
     tokens: int
     int8_macs: int
@@ -115,18 +116,23 @@ def _gemm_model(weights: str, m: int, k: int, n: int) -> bytes:
     return bytes(helper.make_model(graph, opset_imports=opsets).SerializeToString())
 
 
+def median_run_seconds(session: Any, feeds: dict[str, np.ndarray], warmup: int, runs: int) -> float:
+    """Median wall time of `session.run(None, feeds)` over `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def _rate(weights: str, threads: int, shape: tuple[int, int, int], repeats: int) -> float:
     m, k, n = shape
     session = _session(_gemm_model(weights, m, k, n), threads)
     feeds = {"A": np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)}
-    for _ in range(3):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return m * k * n / float(np.median(times))
+    return m * k * n / median_run_seconds(session, feeds, warmup=3, runs=repeats)
 
 
 def gemm_rates(threads: int, shape: tuple[int, int, int] = GEMM_SHAPE, repeats: int = 15) -> Rates:
@@ -216,6 +222,11 @@ def profile_graph(
         return out
 
 
+def graph_ms(model: bytes, manifest: dict[str, Any], ids: list[int], threads: int, runs: int = 100) -> float:
+    """Median wall time of the graph alone (InferenceSession.run, no profiling) on one query."""
+    return 1e3 * median_run_seconds(_session(model, threads), _feeds(manifest, ids), warmup=10, runs=runs)
+
+
 def bundle_floor(
     bundle: Path, manifest: dict[str, Any], texts: Sequence[str], rates: Rates, latency_p50_ms: float
 ) -> dict[str, Any]:
@@ -224,15 +235,21 @@ def bundle_floor(
 
     tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
     rows = [e.ids for e in tokenizer.encode_batch(list(texts))]
-    profiles = profile_graph((bundle / "model.onnx").read_bytes(), manifest, rows, rates.threads)
+    model = (bundle / "model.onnx").read_bytes()
+    profiles = profile_graph(model, manifest, rows, rates.threads)
     floors = [profiles[len(ids)].floor_ms(rates) for ids in rows]
     median_tokens = int(np.median([len(ids) for ids in rows]))
     typical = profiles[min(profiles, key=lambda n: abs(n - median_tokens))]
+    typical_ids = next(ids for ids in rows if len(ids) == typical.tokens)
     floor_ms = float(np.median(floors))
     return {
         "queries": len(rows),
         "median_tokens": median_tokens,
         "floor_ms": floor_ms,
         "latency_over_floor": latency_p50_ms / floor_ms,
-        "median_query": asdict(typical) | {"floor_ms": typical.floor_ms(rates)},
+        "median_query": asdict(typical)
+        | {
+            "floor_ms": typical.floor_ms(rates),
+            "graph_ms": graph_ms(model, manifest, typical_ids, rates.threads),
+        },
     }

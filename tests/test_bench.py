@@ -132,6 +132,7 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
     floor = bundle_row["floor"]
     assert set(floor) == FLOOR_KEYS and floor["queries"] == report["settings"]["queries"]
     assert floor["latency_over_floor"] == pytest.approx(bundle_row["latency"]["p50_ms"] / floor["floor_ms"])
+    assert 0 < floor["floor_ms"] < floor["median_query"]["graph_ms"]
     assert out_png.read_bytes()[:8] == PNG
     for name in ("teacher", "speed-up", "oos recall", bundle.name, "Physical floor", "p50/floor"):
         assert name in output
