@@ -25,7 +25,7 @@ test:
 	bash .ci/run
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy edgepack runtime/src/edgepack_runtime benchmarks
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy edgepack runtime/src/edgepack_runtime benchmarks examples/desktop
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
