@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,22 +105,28 @@ def build(
         raise click.BadParameter(str(exc), param_hint="--recipe/--set") from None
     from edgepack.pipeline import build as run_build
 
-    signal.signal(
-        signal.SIGTERM, _interrupt
-    )  # `kill` cleans up like Ctrl-C: no work files, no partial bundle
-    try:
+    with _interruptible("bundle", (EdgepackError, ValueError)):
         bundle = run_build(resolved, force=force)
-    except KeyboardInterrupt:
-        click.echo("Interrupted: no bundle was written (an existing one is untouched).", err=True)
-        sys.exit(130)
-    except (EdgepackError, ValueError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
     _summary(bundle)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interruptible(what: str, errors: tuple[type[Exception], ...]) -> Iterator[None]:
+    """Run long work so that `kill` cleans up like Ctrl-C (the stages leave no half-written `what`) and
+    exits 130; `errors` become one line on stderr and exit 1."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted: no {what} was written (an existing one is untouched).", err=True)
+        sys.exit(130)
+    except errors as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
 
 
 def _summary(bundle: Any) -> None:
@@ -330,19 +338,13 @@ def freeze(bundle: Path, out: Path | None, force: bool) -> None:
     from edgepack import freeze as lib
 
     out = out if out is not None else Path("dist") / bundle.resolve().name
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C: no half-written executable
-    try:
-        result = lib.freeze(bundle, out, force=force, progress=lambda m: click.echo(m, err=True))
-    except lib.BundleRefused as exc:
-        raise click.BadParameter(str(exc), param_hint="BUNDLE") from None
-    except lib.DestinationError as exc:
-        raise click.BadParameter(str(exc), param_hint="--out") from None
-    except KeyboardInterrupt:
-        click.echo("Interrupted: no executable was written (an existing one is untouched).", err=True)
-        sys.exit(130)
-    except (EdgepackError, OSError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+    with _interruptible("executable", (EdgepackError, OSError)):
+        try:
+            result = lib.freeze(bundle, out, force=force, progress=lambda m: click.echo(m, err=True))
+        except lib.BundleRefused as exc:
+            raise click.BadParameter(str(exc), param_hint="BUNDLE") from None
+        except lib.DestinationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--out") from None
     click.echo(
         f"Froze {bundle} into {result.path}: {result.size_bytes / 1e6:.1f} MB in {result.seconds:.0f} s"
     )
