@@ -6,7 +6,7 @@ into benchmarks/RESULTS.md with the machine, library versions and thread setting
 The first BUNDLE (default bundles/clinc-int8) is the one the goals are about; the others are shown beside it.
 For each thread count, in one process: the teacher (PyTorch pipeline, its out-of-scope threshold chosen on the
 validation split), the Optimum pipeline on the first bundle's graph, and every bundle, loaded once and measured
-by `edgepack.bench.run` (latency, throughput, accuracy, floor); then the interleaved latency measurement is
+by `edgepack.bench.measure.run` (latency, throughput, accuracy, floor); then the interleaved latency measurement is
 repeated (`--repeats` in all) with blocks of 10 calls (steady state, the default of `edgepack bench`) and with
 blocks of 1 (A B C A B C: each call right after the others ran); ratios are the median over repeats of the
 per-repeat ratios of medians.
@@ -25,9 +25,10 @@ from typing import Any
 
 from edgepack_runtime.data import load_labeled
 
-from edgepack import bench as lib
-from edgepack import bench_report
-from edgepack.floor import gemm_rates
+from edgepack.bench import contenders as lib
+from edgepack.bench import measure as bench
+from edgepack.bench import report as bench_report
+from edgepack.bench.floor import gemm_rates
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -45,12 +46,12 @@ GOALS = {  # issue 5, at batch 1 on one thread
 
 
 def cached_teacher(bundle: Path) -> Path:
-    """The fine-tuned teacher the bundle's build cached (.cache/edgepack/teacher-<key>/model)."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    key = manifest["teacher"].get("cache_key")
-    folder = ROOT / manifest["recipe"]["cache_dir"] / f"teacher-{key}" / "model"
-    if not key or not folder.is_dir():
-        sys.exit(f"no cached teacher at {folder}: pass --teacher FOLDER (a fine-tuned model folder)")
+    """The fine-tuned teacher the bundle's build cached (.cache/edgepack/teacher-<key>/model under ROOT)."""
+    folder, ready = lib.bundle_teacher(bundle, root=ROOT)
+    if not ready:
+        where = f"at {folder}" if folder is not None else f"named in {bundle}'s manifest"
+        sys.exit(f"no cached teacher {where}: pass --teacher FOLDER (a fine-tuned model folder)")
+    assert folder is not None
     return folder
 
 
@@ -64,8 +65,8 @@ def measure(args: argparse.Namespace, threads: int, pairs: Any, validation: Any)
         )
         log(f"GEMM rates on {threads} thread(s) ...")
         rates = gemm_rates(threads)
-        texts = lib.latency_queries(pairs)
-        report = lib.run(
+        texts = bench.latency_queries(pairs)
+        report = bench.run(
             contenders,
             texts,
             pairs,
@@ -79,11 +80,11 @@ def measure(args: argparse.Namespace, threads: int, pairs: Any, validation: Any)
             log=log,
         )
         first = {r["name"]: r["latency"]["p50_ms"] for r in report["contenders"]}
-        repeats: dict[int, list[dict[str, float]]] = {lib.DEFAULT_BLOCK: [first], 1: []}
+        repeats: dict[int, list[dict[str, float]]] = {bench.DEFAULT_BLOCK: [first], 1: []}
         for block, done in repeats.items():
             for i in range(len(done), args.repeats):
                 log(f"block {block}: repeat {i + 1}/{args.repeats} of the interleaved latency rounds")
-                latencies = lib.interleaved_latency(contenders, texts, args.runs, args.warmup, log, block)
+                latencies = bench.interleaved_latency(contenders, texts, args.runs, args.warmup, log, block)
                 done.append({name: lat["p50_ms"] for name, lat in latencies.items()})
     finally:
         for c in contenders:
@@ -126,9 +127,9 @@ def _verdict(value: float, goal: float, higher_is_better: bool = True) -> str:
 
 
 def goals_table(by_block: dict[str, dict[str, Any]], threads: int) -> list[str]:
-    h, strict = by_block[str(lib.DEFAULT_BLOCK)], by_block["1"]
+    h, strict = by_block[str(bench.DEFAULT_BLOCK)], by_block["1"]
     lines = [
-        f"| goal (issue 5) | measured (blocks of {lib.DEFAULT_BLOCK}) | | strict A B C interleave |",
+        f"| goal (issue 5) | measured (blocks of {bench.DEFAULT_BLOCK}) | | strict A B C interleave |",
         "| --- | --- | --- | --- |",
     ]
 
@@ -177,7 +178,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         + ".",
         "Threads: ONNX Runtime `intra_op_num_threads` = N, `inter_op_num_threads` = 1, sequential execution; the "
         "teacher `torch.set_num_threads(N)`. Latency at batch 1, tokenization included, in interleaved rounds "
-        f"of {lib.DEFAULT_BLOCK} calls per contender (steady state; `edgepack bench --block`) and, beside them, "
+        f"of {bench.DEFAULT_BLOCK} calls per contender (steady state; `edgepack bench --block`) and, beside them, "
         "of 1 call (A B C A B C: each call right after the other models ran, its weights evicted from the "
         f"caches); ratios are medians over {results['settings']['repeats']} repeats of "
         f"{results['settings']['runs']} calls per contender (ratio of medians per repeat). The table below each "
@@ -211,7 +212,7 @@ def main() -> None:
         "machine": {
             "cpu": cpu_description(),
             "python": platform.python_version(),
-            "versions": lib.versions(),
+            "versions": bench.versions(),
         },
         "settings": {
             "runs": args.runs,

@@ -3,9 +3,10 @@
     python benchmarks/compare_bundles.py bundles/clinc-int8 bundles/clinc-pruned-int8 ... \
         [--rounds 5] [--runs 200] [--section pruning]
 
-Latency is measured in rounds: every round times each bundle once (`--runs` predict calls after a warm-up),
-in an order that rotates from round to round, so drift hits all alike; the figure reported is the median of
-the round medians. Queries are the CLINC150 test split's texts, tokenization included. Accuracy is measured
+Latency is measured in rounds by `edgepack bench`'s own interleaving (edgepack.bench.measure.interleaved_times,
+blocks of `--runs` calls): every round times each bundle on the same `--runs` predict calls in a row, in an
+order that rotates from round to round, so drift hits all alike, after 20 warm-up calls each; the figure
+reported is the median of the round medians. Queries are the CLINC150 test split's texts, tokenization included. Accuracy is measured
 here, through the runtime, on the whole test split (the out-of-scope threshold each bundle ships applied).
 Writes benchmarks/results/<section>.json, benchmarks/results/<section>.png and a RESULTS.md section.
 """
@@ -20,8 +21,10 @@ from typing import Any
 
 import click
 from edgepack_runtime import Classifier
-from edgepack_runtime.bench import accuracy, disk_size, latency, throughput
+from edgepack_runtime.bench import accuracy, disk_size, summarize, throughput
 from edgepack_runtime.data import load_labeled
+
+from edgepack.bench.measure import interleaved_times
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -33,23 +36,20 @@ CLINC = ROOT.parent / "shared" / "data" / "clinc150"
 def _interleaved_latency(
     clfs: dict[str, Classifier], texts: list[str], rounds: int, runs: int
 ) -> dict[str, Any]:
-    names = list(clfs)
-    medians: dict[str, list[float]] = {n: [] for n in names}
-    p90s: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            stats = latency(clfs[name], texts, runs=runs, warmup=20)
-            medians[name].append(stats["p50_ms"])
-            p90s[name].append(stats["p90_ms"])
-    return {
-        n: {
-            "p50_ms": statistics.median(medians[n]),
-            "p90_ms": statistics.median(p90s[n]),
-            "round_p50s": medians[n],
+    """Median over `rounds` interleaved rounds of each bundle's p50 and p90 over `runs` calls in a row."""
+    calls = {name: clf.predict for name, clf in clfs.items()}
+    say = lambda message: click.echo(message, err=True)  # noqa: E731
+    by_round = interleaved_times(calls, texts, rounds * runs, warmup=20, log=say, block=runs)
+    out = {}
+    for name, timed in by_round.items():
+        stats = [summarize(times, warmup=20) for times in timed]
+        medians = [s["p50_ms"] for s in stats]
+        out[name] = {
+            "p50_ms": statistics.median(medians),
+            "p90_ms": statistics.median(s["p90_ms"] for s in stats),
+            "round_p50s": medians,
         }
-        for n in names
-    }
+    return out
 
 
 def _describe(clf: Classifier) -> dict[str, Any]:

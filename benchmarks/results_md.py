@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edgepack.bench import cpu_description as cpu_description  # re-exported for the scripts
+from edgepack_runtime.cpu import describe as cpu_description  # re-exported for the scripts
 
+__all__ = ["cpu_description", "write_section"]
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = "# Measured results\n\nEach section is written by the script it names, from a run of this code.\n"
 

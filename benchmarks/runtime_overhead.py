@@ -9,7 +9,8 @@ Three ways to answer one query at batch 1, tokenization included:
   pipeline  transformers.pipeline("text-classification") around Optimum's ORTModelForSequenceClassification,
             loaded from a temp folder holding the bundle's model.onnx, a config.json built from labels.json and
             the manifest, and the bundle's tokenizer.json
-Each timed round runs every method once on the same query, in an order that rotates from round to round.
+Each timed round runs every method once on the same query, in an order that rotates from round to round
+(`edgepack bench`'s interleaving with blocks of 1: edgepack.bench.measure.interleaved_times).
 Prints a table and writes PREFIX.json and PREFIX.md (a markdown snippet for RESULTS.md).
 Needs the build environment (transformers, optimum); the runtime itself does not.
 """
@@ -23,7 +24,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -33,10 +33,13 @@ import numpy as np
 import onnxruntime as ort
 from edgepack_runtime import Classifier
 from edgepack_runtime.bench import SAMPLE_QUERIES
+from edgepack_runtime.bench import summarize as latency_figures
+from edgepack_runtime.classifier import session_options
 from edgepack_runtime.data import DataError, load_labeled
 from tokenizers import Tokenizer
 
-from edgepack.bench import optimum_pipeline, pipeline_folder, session_options
+from edgepack.bench.contenders import optimum_pipeline, pipeline_folder
+from edgepack.bench.measure import interleaved_times
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -84,30 +87,17 @@ def queries(data: Path | None, count: int) -> list[str]:
 
 
 def summarize(times_ms: list[float]) -> dict[str, float]:
-    ordered = np.asarray(times_ms)
-    return {
-        "median_ms": float(np.median(ordered)),
-        "p90_ms": float(np.percentile(ordered, 90)),
-        "p99_ms": float(np.percentile(ordered, 99)),
-        "mean_ms": float(ordered.mean()),
-        "std_ms": float(ordered.std(ddof=1)),
+    """The runtime's latency figures, under this report's names (median_ms for p50_ms)."""
+    figures = latency_figures(times_ms, warmup=0)
+    return {"median_ms": figures["p50_ms"]} | {
+        key: figures[key] for key in ("p90_ms", "p99_ms", "mean_ms", "std_ms")
     }
 
 
 def measure(methods: dict[str, Method], texts: list[str], runs: int, warmup: int) -> dict[str, list[float]]:
-    names = list(methods)
-    for text in texts[:warmup]:
-        for name in names:
-            methods[name](text)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(runs):
-        text = texts[r % len(texts)]
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter_ns()
-            methods[name](text)
-            times[name].append((time.perf_counter_ns() - start) / 1e6)
-    return times
+    """`runs` interleaved rounds, each timing every method once on the same query (blocks of 1)."""
+    by_round = interleaved_times(methods, texts, runs, warmup, block=1)
+    return {name: [t for r in timed for t in r] for name, timed in by_round.items()}
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -11,21 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from edgepack_runtime.cli import batch_size_option, runs_option
 
 from edgepack import __version__
 from edgepack.errors import EdgepackError, RecipeError
+from edgepack.targets import TARGETS
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-
-# What --quick changes: a small search and short training, same stages (the clinc-quick recipe's budget).
-QUICK_OVERRIDES: dict[str, Any] = {
-    "teacher.epochs": 1,
-    "search.trials": 2,
-    "search.timeout_minutes": 2,
-    "search.train_fraction": 0.2,
-    "search.epochs": [1, 2],
-    "distill.epochs": 2,
-}
 
 
 @click.group(context_settings=CONTEXT)
@@ -34,10 +26,10 @@ def main() -> None:
     """Turn a fine-tuned transformer text classifier into a small, fast, verified ONNX Runtime bundle."""
 
 
-def _overrides(options: dict[str, Any], settings: tuple[str, ...], quick: bool) -> dict[str, Any]:
+def _overrides(options: dict[str, Any], settings: tuple[str, ...]) -> dict[str, Any]:
     from edgepack.recipe import parse_override
 
-    overrides: dict[str, Any] = dict(QUICK_OVERRIDES) if quick else {}
+    overrides: dict[str, Any] = {}
     mapping = {
         "target": "target",
         "data": "data.source",
@@ -66,7 +58,7 @@ def _overrides(options: dict[str, Any], settings: tuple[str, ...], quick: bool) 
 )
 @click.option(
     "--target",
-    type=click.Choice(["cpu-avx2", "cpu-avx512-vnni", "arm64"]),
+    type=click.Choice(sorted(TARGETS)),
     default=None,
     help="CPU the INT8 graph is tuned for (default: the recipe's).",
 )
@@ -81,7 +73,11 @@ def _overrides(options: dict[str, Any], settings: tuple[str, ...], quick: bool) 
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="Threads for training and evaluation."
 )
-@click.option("--quick", is_flag=True, help="Small budget: one teacher epoch, two short trials.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Small budget over the recipe (recipes/overlays/quick.toml): one teacher epoch, two short trials.",
+)
 @click.option(
     "--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any recipe value."
 )
@@ -90,17 +86,18 @@ def _overrides(options: dict[str, Any], settings: tuple[str, ...], quick: bool) 
 def build(
     recipe: str, settings: tuple[str, ...], quick: bool, force: bool, verbose: bool, **options: Any
 ) -> None:
-    """Build a bundle: fine-tune, distill, export, fuse, quantize, evaluate, package."""
+    """Build a bundle: fine-tune, distill, prune, export, fuse, quantize, package into a staging folder,
+    evaluate that staged bundle through the runtime, then move it into place."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from edgepack.recipe import load_recipe
+    from edgepack.recipe import QUICK_OVERLAY, load_recipe
 
-    overrides = _overrides(options, settings, quick)
+    overrides = _overrides(options, settings)
     try:
-        resolved = load_recipe(recipe, overrides)
+        resolved = load_recipe(recipe, overrides, overlays=(QUICK_OVERLAY,) if quick else ())
     except RecipeError as exc:
         raise click.BadParameter(str(exc), param_hint="--recipe/--set") from None
     from edgepack.pipeline import build as run_build
@@ -125,14 +122,15 @@ def _interruptible(what: str, errors: tuple[type[Exception], ...]) -> Iterator[N
         click.echo(f"Interrupted: no {what} was written (an existing one is untouched).", err=True)
         sys.exit(130)
     except errors as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+        raise click.ClickException(str(exc)) from None
 
 
 def _summary(bundle: Any) -> None:
     import json
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    from edgepack_runtime.manifest import MANIFEST
+
+    manifest = json.loads((bundle / MANIFEST).read_text())
     m = manifest["metrics"]
     click.echo(f"\nBundle {bundle}: {m['bundle_bytes'] / 1e6:.1f} MB")
     click.echo(
@@ -190,11 +188,30 @@ def _writable(path: Path | None, option: str) -> None:
         raise click.BadParameter(f"folder {path.parent} does not exist", param_hint=option)
 
 
+def _bundle_teacher(bundle: Path) -> str | None:
+    """The bundle's own teacher when its build's cache still holds it, saying which on stderr; else None."""
+    from edgepack.bench.contenders import bundle_teacher
+
+    folder, ready = bundle_teacher(bundle)
+    if ready:
+        click.echo(f"comparing with the bundle's teacher at {folder} (--no-teacher to skip it)", err=True)
+        return str(folder)
+    if folder is not None:
+        click.echo(
+            f"no teacher to compare with: the bundle's is not cached at {folder} (pass --teacher)", err=True
+        )
+    return None
+
+
 @main.command(context_settings=CONTEXT)
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--teacher", default=None, help="Teacher to compare with: model folder, package:MODULE, or Hub id."
+    "--teacher",
+    default=None,
+    help="Teacher to compare with: model folder, package:MODULE, or Hub id "
+    "[default: the first bundle's own teacher, when its build's cache still holds it].",
 )
+@click.option("--no-teacher", is_flag=True, help="Compare with no teacher, not even the bundle's own.")
 @click.option(
     "--peer",
     type=click.Choice(["optimum"]),
@@ -216,12 +233,8 @@ def _writable(path: Path | None, option: str) -> None:
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads, all alike."
 )
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="For throughput."
-)
-@click.option(
-    "--runs", type=click.IntRange(min=1), default=300, show_default=True, help="Timed calls per contender."
-)
+@batch_size_option
+@runs_option(300, "more than edgepack-run's 200: 30 rounds of --block 10 even out drift between the models")
 @click.option(
     "--block",
     type=click.IntRange(min=1),
@@ -247,6 +260,7 @@ def _writable(path: Path | None, option: str) -> None:
 def bench(
     bundles: tuple[Path, ...],
     teacher: str | None,
+    no_teacher: bool,
     peer: str | None,
     data: Path | None,
     validation: Path | None,
@@ -259,26 +273,37 @@ def bench(
     json_path: Path | None,
     plot_path: Path | None,
 ) -> None:
-    """Measure BUNDLES side by side (and --teacher, --peer): size, latency, throughput, accuracy, and how far
-    each bundle is from the physical floor of its arithmetic on this CPU.
+    """Measure BUNDLES side by side (and their teacher, --peer): size, latency, throughput, accuracy, and how
+    far each bundle is from the physical floor of its arithmetic on this CPU.
 
-    The first bundle is highlighted in the plot and is the graph the peer runs."""
+    The first bundle is highlighted in the plot and is the graph the peer runs; its own teacher is the one
+    compared with, unless --teacher names another or --no-teacher none. Needs the bench extra:
+    pip install 'edgepack[bench]'."""
     import json
 
     from edgepack_runtime import BundleError
 
-    from edgepack import bench as lib
-    from edgepack import bench_report
-    from edgepack.floor import gemm_rates
+    try:
+        import edgepack.bench  # noqa: F401 - checks the bench extra (edgepack.bench.MissingExtra)
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    from edgepack.bench import contenders as lib
+    from edgepack.bench import measure
+    from edgepack.bench import report as show
+    from edgepack.bench.floor import gemm_rates
 
+    if teacher is not None and no_teacher:
+        raise click.UsageError("--teacher and --no-teacher exclude each other")
     _writable(json_path, "--json")
     _writable(plot_path, "--plot")
     for path in bundles:
         if not path.is_dir():
             raise click.BadParameter(f"{path}: no such bundle folder", param_hint="BUNDLE")
     source, pairs = _bench_data(data)
-    validation_pairs = _validation_data(validation, source) if teacher is not None else None
     say = lambda message: click.echo(message, err=True)  # noqa: E731
+    if teacher is None and not no_teacher:
+        teacher = _bundle_teacher(bundles[0])
+    validation_pairs = _validation_data(validation, source) if teacher is not None else None
     contenders: list[lib.Contender] = []
     skipped: list[dict[str, str]] = []
     try:
@@ -290,9 +315,9 @@ def bench(
         if floor:
             say(f"measuring this CPU's FP32 and INT8 matrix-multiply rates on {threads} thread(s) ...")
             rates = gemm_rates(threads)
-        report = lib.run(
+        report = measure.run(
             contenders,
-            lib.latency_queries(pairs),
+            measure.latency_queries(pairs),
             pairs,
             threads=threads,
             batch_size=batch_size,
@@ -305,18 +330,17 @@ def bench(
             log=say,
         )
     except (EdgepackError, BundleError, ValueError, RuntimeError, OSError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+        raise click.ClickException(str(exc)) from None
     finally:
         for c in contenders:
             for clean in c.cleanup:
                 clean()
-    click.echo(bench_report.format_table(report))
+    click.echo(show.format_table(report))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
         click.echo(f"wrote {json_path}")
     if plot_path is not None:
-        bench_report.plot(report, plot_path)
+        show.plot(report, plot_path)
         click.echo(f"wrote {plot_path}")
 
 

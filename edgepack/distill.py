@@ -1,9 +1,8 @@
 """Distill stage: a smaller student learns from the teacher's cached logits (Hinton et al.), and Optuna
 searches alpha, temperature, epochs and learning rate.
 
-loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
-
-Training goes through transformers' `Trainer` (the chapter's `DistillationTrainer` pattern), so
+The loss and the trainer live in `edgepack.training` (the prune stage's recovery uses them too). Training goes
+through transformers' `Trainer` (the chapter's `DistillationTrainer` pattern), so
 `torchrun` / `accelerate launch` spread it over devices unchanged; `[search] storage` (sqlite:// or
 postgresql://) lets several machines work on one Optuna study.
 """
@@ -16,57 +15,26 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
-from edgepack import metrics, models
+from edgepack import models
 from edgepack.cache import Cache, cache_key
-from edgepack.data import LabelledSplits
 from edgepack.errors import StageError
 from edgepack.recipe import DistillConfig, SearchConfig
-from edgepack.teacher import TeacherResult
-from edgepack.training import PadCollator, predict_logits, tokenized_dataset, training_arguments
+from edgepack.training import (
+    DistillResult,
+    TeacherResult,
+    tokenized_dataset,
+    train_student,
+    validation_score,
+)
 
 log = logging.getLogger(__name__)
-
-
-class DistillationTrainer(Trainer):
-    """Trainer whose loss mixes the hard-label CE with the temperature-softened KL to the teacher's logits."""
-
-    def __init__(self, *args: Any, alpha: float, temperature: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.alpha = alpha
-        self.temperature = temperature
-
-    def compute_loss(
-        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        teacher_logits = inputs.pop("teacher_logits")
-        outputs = model(**inputs)
-        loss = distillation_loss(
-            outputs.logits, teacher_logits, inputs["labels"], self.alpha, self.temperature
-        )
-        return (loss, outputs) if return_outputs else loss
-
-
-def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
-) -> torch.Tensor:
-    ce = F.cross_entropy(student, labels)
-    kd = (
-        F.kl_div(
-            F.log_softmax(student / temperature, dim=-1),
-            F.softmax(teacher / temperature, dim=-1),
-            reduction="batchmean",
-        )
-        * temperature**2
-    )
-    return alpha * ce + (1.0 - alpha) * kd
 
 
 def student_from_teacher_layers(teacher: Any, layers: list[int]) -> Any:
@@ -107,12 +75,6 @@ class _ReportToTrial(TrainerCallback):
         return control
 
 
-@dataclass
-class DistillResult:
-    model_dir: Path
-    record: dict[str, Any]
-
-
 class _Distiller:
     """Holds what every trial shares: the teacher, its logits, the tokenized splits."""
 
@@ -147,50 +109,6 @@ class _Distiller:
     ) -> Any:
         torch.manual_seed(config.seed)
         return train_student(self.new_student(), self.tokenizer, train, config, out, callbacks)
-
-
-def validation_score(model: Any, tokenizer: Any, splits: LabelledSplits, max_length: int) -> float:
-    """Validation accuracy with the best oos threshold (what the bundle ships), plain when there is no oos."""
-    logits = predict_logits(model, tokenizer, splits.texts["validation"], max_length, desc="validation")
-    probs = metrics.softmax(logits)
-    gold = splits.label_ids["validation"]
-    oos_id = splits.oos_id()
-    if oos_id is None:
-        return float((probs.argmax(1) == gold).mean())
-    return metrics.choose_threshold(probs, gold, oos_id)[1]
-
-
-def train_student(
-    model: Any,
-    tokenizer: Any,
-    train: Any,
-    config: DistillConfig,
-    out: Path,
-    callbacks: list[Any] | None = None,
-) -> Any:
-    """Distil into `model` in place with `config`'s alpha, temperature, epochs, learning rate and batch size.
-
-    `train` is a tokenized dataset carrying `teacher_logits` (see `training.tokenized_dataset`). Used for the
-    search trials, the final student and the prune stage's recovery.
-    """
-    args = training_arguments(
-        out,
-        epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        batch_size=config.batch_size,
-        seed=config.seed,
-    )
-    trainer = DistillationTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        data_collator=PadCollator(tokenizer),
-        callbacks=callbacks,
-        alpha=config.alpha,
-        temperature=config.temperature,
-    )
-    trainer.train()
-    return model
 
 
 def _search(
@@ -276,11 +194,14 @@ def run(
     folder = cache.folder("student", key)
     if search.storage is None and cache.is_complete(folder):
         log.info("distill: reusing cached student %s", folder)
-        return DistillResult(folder / "model", cache.record(folder) | {"cached": True})
+        record = cache.record(folder)
+        return DistillResult(folder / "model", DistillConfig(**record["settings"]), record | {"cached": True})
     cache.start(folder)
     result = _distill(teacher, config, search, max_length, folder / "model")
     cache.finish(folder, result.record | {"cache_key": key})
-    return DistillResult(result.model_dir, result.record | {"cache_key": key, "cached": False})
+    return DistillResult(
+        result.model_dir, result.settings, result.record | {"cache_key": key, "cached": False}
+    )
 
 
 def _distill(
@@ -326,4 +247,4 @@ def _distill(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("distill: student validation score %.4f", record["validation_score"])
-    return DistillResult(out_dir, record)
+    return DistillResult(out_dir, final_config, record)

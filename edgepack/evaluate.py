@@ -26,29 +26,6 @@ class EvaluateResult:
     record: dict[str, Any]
 
 
-def graph_logits(
-    onnx_path: Path, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64
-) -> np.ndarray:
-    """Logits of an intermediate ONNX graph (fp32 or int8) for texts, in order, batched by length."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out: np.ndarray | None = None
-    for start in range(0, len(texts), batch_size):
-        idx = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="np"
-        )
-        logits = session.run(["logits"], {k: batch[k].astype(np.int64) for k in names})[0]
-        if out is None:
-            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
-    assert out is not None, "no texts"
-    return out
-
-
 def _threshold(
     config: EvaluateConfig, probs: np.ndarray, gold: np.ndarray, oos_id: int | None
 ) -> float | None:

@@ -21,12 +21,36 @@ from edgepack.recipe import ExportConfig
 log = logging.getLogger(__name__)
 
 PARITY_TEXTS = ("hi", "what is the pin number for my account?")
+OUTPUTS = ("logits",)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the later stages and the manifest need to know about the exported model."""
+
+    architecture: str  # the config's model_type, e.g. "bert"
+    layers: int
+    hidden_size: int
+    vocab_size: int
+    max_position_embeddings: int
+
+    @classmethod
+    def of(cls, config: Any) -> ModelFacts:
+        return cls(
+            architecture=config.model_type,
+            layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            vocab_size=config.vocab_size,
+            max_position_embeddings=config.max_position_embeddings,
+        )
 
 
 @dataclass
 class ExportResult:
     onnx_path: Path
     input_names: list[str]
+    model: ModelFacts
+    tokenizer: Any  # the model's transformers tokenizer, for the stages that feed the graph
     record: dict[str, Any]
 
 
@@ -57,15 +81,16 @@ def run(model_dir: Path, config: ExportConfig, max_length: int, out: Path) -> Ex
     tokenizer = models.load_tokenizer(model_dir)
     names = _input_names(model)
     sample = _encode(tokenizer, list(PARITY_TEXTS), max_length, names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {o: {0: "batch"} for o in OUTPUTS}
+    wrapped = model
     with torch.inference_mode():
         torch.onnx.export(
-            model,
+            wrapped,
             (),
             str(out),
             kwargs={k: torch.from_numpy(v) for k, v in sample.items()},
             input_names=names,
-            output_names=["logits"],
+            output_names=list(OUTPUTS),
             dynamic_axes=axes,
             opset_version=config.opset,
             do_constant_folding=True,
@@ -94,4 +119,4 @@ def run(model_dir: Path, config: ExportConfig, max_length: int, out: Path) -> Ex
             "[export] parity_tolerance if the difference is understood."
         )
     log.info("export: %s (parity %.2e)", out, worst)
-    return ExportResult(out, names, record)
+    return ExportResult(out, names, ModelFacts.of(model.config), tokenizer, record)

@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from edgepack_runtime.metrics import scores
+
+__all__ = ["choose_threshold", "predictions", "scores", "softmax", "split_report"]
 
 
 def predictions(probs: np.ndarray, oos_id: int | None, threshold: float | None) -> np.ndarray:
@@ -18,29 +21,33 @@ def predictions(probs: np.ndarray, oos_id: int | None, threshold: float | None) 
     return pred
 
 
-def scores(pred: np.ndarray, gold: np.ndarray, oos_id: int | None) -> dict[str, float]:
-    """accuracy over all rows; in-scope accuracy and out-of-scope recall when there is an oos class."""
-    out = {"accuracy": float((pred == gold).mean())}
-    if oos_id is not None:
-        in_scope = gold != oos_id
-        out["in_scope_accuracy"] = float((pred[in_scope] == gold[in_scope]).mean()) if in_scope.any() else 0.0
-        oos = ~in_scope
-        out["oos_recall"] = float((pred[oos] == oos_id).mean()) if oos.any() else 0.0
-    return out
-
-
 def choose_threshold(probs: np.ndarray, gold: np.ndarray, oos_id: int) -> tuple[float, float]:
-    """The confidence threshold that maximises accuracy on these (validation) rows; returns (threshold, acc)."""
+    """The confidence threshold that maximises accuracy on these (validation) rows; returns (threshold, acc).
+
+    Candidates are 0, the midpoints between neighbouring distinct top probabilities and just above the largest;
+    the lowest candidate reaching the best accuracy wins. One sort and two cumulative sums: a row is right
+    below the threshold when it is out of scope and above it when its argmax is its label, so the accuracy at
+    each candidate is a difference of prefix counts (O(n log n), not one full re-scoring per candidate).
+    """
+    gold = np.asarray(gold)
     top = probs.max(axis=1)
+    if top.size == 0:
+        raise ValueError("choose_threshold needs at least one row")
     unique = np.unique(top)
     # Midpoints between neighbouring confidences: no row sits exactly on a candidate threshold.
     candidates = np.concatenate([[0.0], (unique[:-1] + unique[1:]) / 2, [unique[-1] + 1e-6]])
-    best_t, best_acc = 0.0, -1.0
-    for t in candidates:
-        acc = float((predictions(probs, oos_id, float(t)) == gold).mean())
-        if acc > best_acc:
-            best_t, best_acc = float(t), acc
-    return best_t, best_acc
+    order = np.argsort(top, kind="stable")
+    sorted_top = top[order]
+    # Rows strictly below each candidate (what `top < t` selects): a prefix of the sorted rows. NaN sorts
+    # last, so no finite candidate counts it; a NaN candidate has no row below it.
+    below = np.searchsorted(sorted_top, candidates, side="left")
+    below[np.isnan(candidates)] = 0
+    oos_right = np.concatenate([[0], np.cumsum(gold[order] == oos_id)])  # right if turned into oos
+    argmax_right = np.concatenate([[0], np.cumsum(probs.argmax(axis=1)[order] == gold[order])])
+    correct = oos_right[below] + (argmax_right[-1] - argmax_right[below])
+    accuracy = correct / len(top)  # float64 count / n: the same number as (pred == gold).mean()
+    best = int(np.argmax(accuracy))  # the first (lowest) candidate with the best accuracy
+    return float(candidates[best]), float(accuracy[best])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

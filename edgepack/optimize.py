@@ -36,7 +36,8 @@ def fused_counts(stats: dict[str, int]) -> dict[str, int]:
     return counts
 
 
-def run(onnx_path: Path, model_config: Any, config: OptimizeConfig, out: Path) -> OptimizeResult:
+def run(onnx_path: Path, num_layers: int, config: OptimizeConfig, out: Path) -> OptimizeResult:
+    """Fuse the BERT-family graph at `onnx_path` (an encoder of `num_layers` layers) into `out`."""
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
@@ -53,7 +54,7 @@ def run(onnx_path: Path, model_config: Any, config: OptimizeConfig, out: Path) -
     )
     counts = fused_counts(optimized.get_fused_operator_statistics())
     optimized.save_model_to_file(str(out))
-    expected = expected_fusions(model_config.num_hidden_layers)
+    expected = expected_fusions(num_layers)
     missing = {k: (counts.get(k, 0), v) for k, v in expected.items() if counts.get(k, 0) < v}
     record = {
         "tool": "onnxruntime.transformers.optimizer",

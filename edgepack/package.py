@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -17,12 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgepack_runtime.bundle import BUNDLE_FILES, DIGEST_KEY, SCHEMA, file_record, manifest_digest
+from edgepack_runtime.bundle import BUNDLE_FILES, DIGEST_KEY, MANIFEST, SCHEMA, file_record, manifest_digest
 
 from edgepack.errors import EdgepackError
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
+JSON_SAFE_INT = 2**53 - 1  # beyond this an integer is not exact in a double, so not in RFC 8785 or JavaScript
 
 
 def bundle_tokenizer_json(tokenizer: Any, max_length: int) -> str:
@@ -66,13 +67,37 @@ def write_files(folder: Path, onnx_path: Path, tokenizer_json: str, labels: list
     return {name: file_record(data) for name, data in payload.items()}
 
 
+def _interoperable(value: Any, path: str, changed: list[str]) -> Any:
+    """value (parsed JSON) with what standard JSON and RFC 8785 cannot hold replaced, its path noted in
+    `changed`: NaN and infinities become null, integers beyond +-(2**53 - 1) their decimal string."""
+    if isinstance(value, dict):
+        return {k: _interoperable(v, f"{path}.{k}" if path else k, changed) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interoperable(v, f"{path}[{i}]", changed) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        changed.append(path)
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > JSON_SAFE_INT:
+        changed.append(path)
+        return str(value)
+    return value
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Write manifest.json with its own digest (the files' hashes cannot cover the manifest itself)."""
+    """Write manifest.json with its own digest (the files' hashes cannot cover the manifest itself).
+
+    The schema is the runtime's SCHEMA, so the digest is sha256 over the RFC 8785 canonical bytes
+    (edgepack_runtime.manifest.digest_serialisation): any language can recompute it.
+    """
     body = {"schema": SCHEMA, **{k: v for k, v in manifest.items() if k not in ("schema", DIGEST_KEY)}}
     body = json.loads(json.dumps(body, default=str))  # the digest is over exactly what a reader parses
+    changed: list[str] = []
+    body = _interoperable(body, "", changed)
+    if changed:
+        log.warning("package: manifest values JSON cannot hold exactly, written as null or text: %s", changed)
     body[DIGEST_KEY] = manifest_digest(body)
     tmp = folder / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(body, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.write_text(json.dumps(body, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
     os.replace(tmp, folder / MANIFEST)
 
 

@@ -1,7 +1,9 @@
-"""The build pipeline: data -> teacher -> distill -> prune -> export -> optimize -> quantize -> evaluate -> package.
+"""The build pipeline: data -> teacher -> distill -> prune -> export -> optimize -> quantize -> package -> evaluate.
 
-Each stage returns its outputs and a record; the records become the bundle's manifest. Intermediate files
-live in a work folder that is removed at the end, whatever happens.
+Each stage is one call that returns its outputs and a record; the records become the bundle's manifest. The
+package stage writes the bundle into a staging folder beside its destination; the evaluate stage measures that
+staged bundle through the runtime and its figures go into the manifest; only then is the folder renamed into
+place. Intermediate files live in a work folder that is removed at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -18,16 +20,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgepack import (
     __version__,
     data,
     distill,
     evaluate,
     export,
-    metrics,
-    models,
     optimize,
     package,
     prune,
@@ -36,11 +34,21 @@ from edgepack import (
 )
 from edgepack.cache import Cache
 from edgepack.recipe import Recipe
-from edgepack.targets import TARGETS, resolve_quantization
+from edgepack.targets import TARGETS
 
 log = logging.getLogger(__name__)
 
-STAGES = ("data", "teacher", "distill", "prune", "export", "optimize", "quantize", "package", "evaluate")
+STAGES = (
+    "data",
+    "teacher",
+    "distill",
+    "prune",
+    "export",
+    "optimize",
+    "quantize",
+    "package",
+    "evaluate",
+)
 _VERSIONED = (
     "torch",
     "transformers",
@@ -76,12 +84,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _calibration_texts(texts: list[str], count: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(texts), size=min(count, len(texts)), replace=False)
-    return [texts[i] for i in sorted(picked)]
-
-
 def _set_threads(threads: int | None) -> None:
     import torch
 
@@ -98,7 +100,7 @@ def _manifest(
     started: dt.datetime,
     files: dict[str, Any],
     onnx_path: Path,
-    model_config: Any,
+    facts: export.ModelFacts,
     splits: data.LabelledSplits,
 ) -> dict[str, Any]:
     """The manifest's descriptive part; stage records and metrics are added by build()."""
@@ -106,11 +108,11 @@ def _manifest(
     model = package.graph_io(onnx_path) | {
         "num_labels": splits.num_labels,
         "max_length": recipe.data.max_length,
-        "vocab_size": model_config.vocab_size,
-        "max_position_embeddings": model_config.max_position_embeddings,
-        "architecture": model_config.model_type,
-        "layers": model_config.num_hidden_layers,
-        "hidden_size": model_config.hidden_size,
+        "vocab_size": facts.vocab_size,
+        "max_position_embeddings": facts.max_position_embeddings,
+        "architecture": facts.architecture,
+        "layers": facts.layers,
+        "hidden_size": facts.hidden_size,
     }
     return {
         "name": recipe.package.name,
@@ -125,32 +127,6 @@ def _manifest(
         "versions": _versions(),
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
     }
-
-
-def _quantize(
-    recipe: Recipe,
-    fused: Path,
-    input_names: list[str],
-    tokenizer: Any,
-    splits: data.LabelledSplits,
-    work: Path,
-) -> tuple[quantize.QuantizeResult, dict[str, Any]]:
-    """INT8 graph, its fp32-vs-int8 agreement on validation, and the fp32 graph's own scores."""
-    max_length = recipe.data.max_length
-    settings = resolve_quantization(recipe.quantize, recipe.target)
-    texts = _calibration_texts(splits.texts["train"], settings.calibration_samples)
-    calibration = quantize.calibration_feeds(tokenizer, texts, max_length, input_names)
-    quantized = quantize.run(fused, settings, calibration, work / "model-int8.onnx")
-    fp32 = {
-        split: evaluate.graph_logits(fused, tokenizer, splits.texts[split], max_length)
-        for split in ("validation", "test")
-    }
-    # One text per run: dynamic INT8 scales activations per batch, as the runtime does (batch_invariant).
-    int8_validation = evaluate.graph_logits(
-        quantized.onnx_path, tokenizer, splits.texts["validation"], max_length, batch_size=1
-    )
-    quantized.record["fp32_vs_int8_validation"] = quantize.agreement(fp32["validation"], int8_validation)
-    return quantized, metrics.split_report(fp32, splits.label_ids, splits.oos_id())
 
 
 def build(recipe: Recipe, *, force: bool = False) -> Path:
@@ -176,23 +152,25 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
             pruned = prune.run(taught, student, recipe.prune, max_length, work / "pruned")
         with timer.stage("export"):
             exported = export.run(pruned.model_dir, recipe.export, max_length, work / "model-fp32.onnx")
-        student_model_config = models.load_classifier(pruned.model_dir).config
-        tokenizer = models.load_tokenizer(pruned.model_dir)
         with timer.stage("optimize"):
             optimized = optimize.run(
-                exported.onnx_path, student_model_config, recipe.optimize, work / "model-fused.onnx"
+                exported.onnx_path, exported.model.layers, recipe.optimize, work / "model-fused.onnx"
             )
         with timer.stage("quantize"):
-            quantized, student_fp32 = _quantize(
-                recipe, optimized.onnx_path, exported.input_names, tokenizer, splits, work
+            quantized = quantize.run(
+                optimized.onnx_path,
+                recipe.quantize,
+                exported.tokenizer,
+                exported.input_names,
+                splits,
+                max_length,
+                work / "model-int8.onnx",
             )
         with package.staged_bundle(destination) as staging:
             with timer.stage("package"):
-                tokenizer_json = package.bundle_tokenizer_json(tokenizer, max_length)
+                tokenizer_json = package.bundle_tokenizer_json(exported.tokenizer, max_length)
                 files = package.write_files(staging, quantized.onnx_path, tokenizer_json, splits.labels)
-                manifest = _manifest(
-                    recipe, started, files, quantized.onnx_path, student_model_config, splits
-                )
+                manifest = _manifest(recipe, started, files, quantized.onnx_path, exported.model, splits)
                 manifest |= {
                     "teacher": taught.record,
                     "distillation": student.record,
@@ -211,7 +189,7 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                     "bundle_bytes": sum(f["size"] for f in files.values()),
                     "model_onnx_bytes": files["model.onnx"]["size"],
                     "fp32_vs_int8_validation": quantized.record["fp32_vs_int8_validation"],
-                    "student_fp32_graph": student_fp32,
+                    "student_fp32_graph": quantized.fp32_metrics,
                 }
                 package.write_manifest(staging, manifest)
                 shipped = measured.record.get("test_thresholded", measured.record["test"])["accuracy"]

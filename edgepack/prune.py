@@ -11,12 +11,15 @@ Zeroed weights run at dense speed in ONNX Runtime; only removed rows and columns
    Q/K/V widths stay multiples of the head size (32 in MiniLM);
 3. FFN neurons: importance = sum over tokens |activation x gradient| per neuron; every layer keeps the same
    number (a multiple of `multiple_of`), because a BERT config has a single intermediate_size;
-4. recovery: a short distillation from the teacher's cached logits (distill.train_student);
+4. recovery: a short distillation from the teacher's cached logits (training.train_student);
 5. vocabulary: see edgepack.vocab; trimmed last, so the check compares the final model with and without it.
 
 The loss used for scoring is the student's own distillation loss (its alpha and temperature), on
 `importance_samples` training examples. Unstructured (magnitude) sparsity is not offered: ONNX Runtime's CPU
 kernels run zeroed weights at dense speed, and no benchmark here shows it buying anything.
+
+Over 400 lines on purpose: layers, heads and FFN neurons share one importance machinery (masks, gradients,
+batches) that splitting would scatter; vocabulary trimming already lives in edgepack.vocab.
 """
 
 from __future__ import annotations
@@ -35,12 +38,19 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from edgepack import distill, models, vocab
-from edgepack.distill import DistillResult, distillation_loss
+from edgepack import models, vocab
 from edgepack.errors import StageError
 from edgepack.recipe import DistillConfig, PruneConfig, VocabMode
-from edgepack.teacher import TeacherResult
-from edgepack.training import PadCollator, predict_logits, tokenized_dataset
+from edgepack.training import (
+    DistillResult,
+    PadCollator,
+    TeacherResult,
+    distillation_loss,
+    predict_logits,
+    tokenized_dataset,
+    train_student,
+    validation_score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +353,7 @@ def run(
         log.info("prune: nothing enabled; the distilled student goes on unchanged")
         return PruneResult(distilled.model_dir, None)
     started = time.perf_counter()
-    settings = DistillConfig(**distilled.record["settings"])  # the searched alpha, temperature, batch size
+    settings = distilled.settings  # the searched alpha, temperature, batch size
     splits = teacher.splits
     model = models.load_classifier(distilled.model_dir)
     tokenizer = models.load_tokenizer(distilled.model_dir)
@@ -362,7 +372,7 @@ def run(
                 teacher.logits["train"],
             )
             record |= _prune_structure(model, tokenizer, train, config, settings)
-            scores["pruned"] = distill.validation_score(model, tokenizer, splits, max_length)
+            scores["pruned"] = validation_score(model, tokenizer, splits, max_length)
             record["recovery"] = {
                 "epochs": config.recovery_epochs,
                 "learning_rate": config.recovery_learning_rate,
@@ -375,8 +385,8 @@ def run(
                     settings, epochs=config.recovery_epochs, learning_rate=config.recovery_learning_rate
                 )
                 torch.manual_seed(settings.seed)
-                distill.train_student(model, tokenizer, train, recovery, work / "recovery")
-                scores["recovered"] = distill.validation_score(model, tokenizer, splits, max_length)
+                train_student(model, tokenizer, train, recovery, work / "recovery")
+                scores["recovered"] = validation_score(model, tokenizer, splits, max_length)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     model.eval()

@@ -1,4 +1,9 @@
-"""Quantize stage: INT8 with ONNX Runtime, dynamic (default) or static with calibration, per-target presets.
+"""Quantize stage: INT8 with ONNX Runtime, dynamic (default) or static with calibration, per-target presets
+(edgepack.targets); then the INT8 graph is checked against the fp32 one on validation.
+
+`run` is the stage, shaped like Optimum's `ORTQuantizer` (`fit` picks calibration data and computes ranges,
+`quantize` writes the graph): it picks calibration texts from the training split, quantizes the graph
+(`quantize_graph`), and measures fp32-vs-INT8 agreement and the fp32 graph's own scores.
 
 We call `onnxruntime.quantization` directly rather than Optimum's `ORTQuantizer`: on an ORT-fused graph
 (ORT 1.32, Optimum 2.1) the latter fails with "Unable to find data type for weight_name"; passing
@@ -16,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from edgepack.targets import ResolvedQuantization
+from edgepack import metrics
+from edgepack.data import LabelledSplits
+from edgepack.graphs import graph_logits
+from edgepack.targets import QuantizeConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +41,8 @@ _QUANTIZED_MATMUL_OPS = (
 @dataclass
 class QuantizeResult:
     onnx_path: Path
-    record: dict[str, Any]
+    record: dict[str, Any]  # settings, graph structure, sizes, fp32_vs_int8_validation
+    fp32_metrics: dict[str, Any]  # the fp32 graph's validation and test scores (metrics.split_report)
 
 
 def graph_structure(onnx_path: Path) -> tuple[dict[str, int], int]:
@@ -70,6 +79,13 @@ class _CalibrationReader:
         self._iter = iter(self._feeds)
 
 
+def calibration_texts(texts: list[str], count: int, seed: int = 0) -> list[str]:
+    """`count` texts drawn without replacement (seeded), in their original order."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(texts), size=min(count, len(texts)), replace=False)
+    return [texts[i] for i in sorted(picked)]
+
+
 def calibration_feeds(
     tokenizer: Any, texts: list[str], max_length: int, names: list[str]
 ) -> list[dict[str, np.ndarray]]:
@@ -81,21 +97,52 @@ def calibration_feeds(
     return feeds
 
 
-def _qtype(name: str) -> Any:
+def _qtype(name: object) -> Any:
     from onnxruntime.quantization import QuantType
 
     return QuantType.QInt8 if name == "int8" else QuantType.QUInt8
 
 
 def run(
-    onnx_path: Path, settings: ResolvedQuantization, calibration_feeds: list[dict[str, np.ndarray]], out: Path
+    fused: Path,
+    config: QuantizeConfig,
+    tokenizer: Any,
+    input_names: list[str],
+    splits: LabelledSplits,
+    max_length: int,
+    out: Path,
 ) -> QuantizeResult:
+    """The stage: INT8 graph at `out`, its fp32-vs-INT8 agreement on validation, and the fp32 graph's scores."""
+    feeds = []
+    if config.is_static:
+        texts = calibration_texts(splits.texts["train"], config.calibration_samples or 0)
+        feeds = calibration_feeds(tokenizer, texts, max_length, input_names)
+    record = quantize_graph(fused, config, feeds, out)
+    fp32 = {s: graph_logits(fused, tokenizer, splits.texts[s], max_length) for s in ("validation", "test")}
+    # One text per run: dynamic INT8 scales activations per batch, as the runtime does (batch_invariant).
+    int8 = graph_logits(out, tokenizer, splits.texts["validation"], max_length, batch_size=1)
+    record["fp32_vs_int8_validation"] = agreement(fp32["validation"], int8)
+    return QuantizeResult(out, record, metrics.split_report(fp32, splits.label_ids, splits.oos_id()))
+
+
+def quantize_graph(
+    onnx_path: Path, settings: QuantizeConfig, calibration_feeds: list[dict[str, np.ndarray]], out: Path
+) -> dict[str, Any]:
+    """Write the INT8 graph of `onnx_path` to `out` (static mode calibrates on `calibration_feeds`); returns
+    the record: the settings, quantized operator counts and sizes."""
     import onnx
     from onnxruntime import quantization as q
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    unset = [k for k, v in asdict(settings).items() if v is None and (settings.is_static or "calib" not in k)]
+    if unset:
+        raise ValueError(
+            f"quantize_graph needs complete settings, {unset} are unset: use QuantizeConfig(...).for_target(name) "
+            "or a preset such as QuantizeConfig.avx2()"
+        )
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True}
-    if settings.mode == "dynamic":
+    feeds: list[dict[str, np.ndarray]] = []
+    if not settings.is_static:
         q.quantize_dynamic(
             str(onnx_path),
             str(out),
@@ -115,7 +162,7 @@ def run(
             "minmax": q.CalibrationMethod.MinMax,
             "entropy": q.CalibrationMethod.Entropy,
             "percentile": q.CalibrationMethod.Percentile,
-        }[settings.calibration_method]
+        }[str(settings.calibration_method)]
         q.quantize_static(
             str(onnx_path),
             str(out),
@@ -130,11 +177,11 @@ def run(
         )
     counts, int8_matmuls = graph_structure(out)
     record = asdict(settings) | {
+        "mode": str(settings.mode),
         "weight_type": str(settings.weight_type),
         "activation_type": str(settings.activation_type),
-        "calibration_samples": min(len(calibration_feeds), settings.calibration_samples)
-        if settings.mode == "static"
-        else 0,
+        "calibration_method": settings.calibration_method and str(settings.calibration_method),
+        "calibration_samples": len(feeds) if settings.is_static else None,
         "quantized_matmuls": int8_matmuls,
         "op_counts": counts,
         "int8_bytes": out.stat().st_size,
@@ -148,14 +195,12 @@ def run(
         record["quantized_matmuls"],
         record["int8_bytes"] / 1e6,
     )
-    return QuantizeResult(out, record)
+    return record
 
 
 def agreement(fp32_logits: np.ndarray, int8_logits: np.ndarray) -> dict[str, float]:
     """fp32-vs-int8 label agreement and largest probability difference over the same (validation) rows."""
-    from edgepack.metrics import softmax
-
-    a, b = softmax(fp32_logits), softmax(int8_logits)
+    a, b = metrics.softmax(fp32_logits), metrics.softmax(int8_logits)
     return {
         "label_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
         "max_probability_diff": float(np.abs(a - b).max()),

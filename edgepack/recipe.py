@@ -1,9 +1,13 @@
 """Recipes: one dataclass per stage, loaded from TOML, validated with messages that name the key and value.
 
 A recipe is a TOML file with one table per stage (`[data]`, `[teacher]`, `[distill]`, `[search]`, `[prune]`,
-`[export]`, `[optimize]`, `[quantize]`, `[evaluate]`, `[package]`). Shipped recipes live in `edgepack/recipes/`
+`[export]`, `[optimize]`, `[quantize]`, `[evaluate]`, `[package]`; `[quantize]` is `edgepack.targets.QuantizeConfig`,
+beside the per-target presets it is completed from). Shipped recipes live in `edgepack/recipes/`
 and are named by their file stem (`clinc`, `clinc-quick`, `clinc-bert`); any other path to a `.toml` file works
 too.
+
+Over 400 lines on purpose: every stage's config, with the checks that name a bad key and value, sits beside the
+loader that builds them, so one file shows every key a recipe can hold.
 """
 
 from __future__ import annotations
@@ -17,41 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import RecipeError
+from edgepack.errors import RecipeError, as_enum, check, check_range
+from edgepack.targets import TARGETS, QuantizeConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+# The small budget of `--quick` and of the clinc-quick recipe (an overlay: stage tables only, no name).
+QUICK_OVERLAY = str(RECIPES_DIR / "overlays" / "quick.toml")
 DEFAULT_RECIPE = "clinc"
-
-
-class QuantMode(enum.StrEnum):
-    DYNAMIC = "dynamic"
-    STATIC = "static"
-
-
-class CalibrationMethod(enum.StrEnum):
-    MINMAX = "minmax"
-    ENTROPY = "entropy"
-    PERCENTILE = "percentile"
-
-
-class QuantType(enum.StrEnum):
-    INT8 = "int8"
-    UINT8 = "uint8"
 
 
 class VocabMode(enum.StrEnum):
     FULL = "full"  # keep the student's whole vocabulary
     TRAIN = "train"  # only the training text's pieces, every single-character piece, the special tokens
-
-
-def _check(condition: bool, section: str, key: str, value: Any, expected: str) -> None:
-    if not condition:
-        raise RecipeError(f"[{section}] {key} = {value!r} is invalid: expected {expected}.")
-
-
-def _check_range(section: str, key: str, bounds: list[float], low: float, high: float) -> None:
-    ok = len(bounds) == 2 and low <= bounds[0] <= bounds[1] <= high
-    _check(ok, section, key, bounds, f"[min, max] with {low} <= min <= max <= {high}")
 
 
 @dataclass
@@ -66,10 +47,10 @@ class DataConfig:
     max_train_samples: int | None = None  # cap the training split (quick recipes, tests)
 
     def __post_init__(self) -> None:
-        _check(bool(self.source), "data", "source", self.source, "a file, folder or Hub dataset name")
-        _check(8 <= self.max_length <= 512, "data", "max_length", self.max_length, "an integer in 8..512")
+        check(bool(self.source), "data", "source", self.source, "a file, folder or Hub dataset name")
+        check(8 <= self.max_length <= 512, "data", "max_length", self.max_length, "an integer in 8..512")
         if self.max_train_samples is not None:
-            _check(self.max_train_samples > 0, "data", "max_train_samples", self.max_train_samples, "> 0")
+            check(self.max_train_samples > 0, "data", "max_train_samples", self.max_train_samples, "> 0")
 
 
 @dataclass
@@ -85,12 +66,12 @@ class TeacherConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _check(0 < self.epochs <= 100, "teacher", "epochs", self.epochs, "a number in (0, 100]")
-        _check(
+        check(0 < self.epochs <= 100, "teacher", "epochs", self.epochs, "a number in (0, 100]")
+        check(
             0 < self.learning_rate < 1, "teacher", "learning_rate", self.learning_rate, "a number in (0, 1)"
         )
-        _check(self.batch_size >= 1, "teacher", "batch_size", self.batch_size, "an integer >= 1")
-        _check(0 <= self.warmup_ratio < 1, "teacher", "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
+        check(self.batch_size >= 1, "teacher", "batch_size", self.batch_size, "an integer >= 1")
+        check(0 <= self.warmup_ratio < 1, "teacher", "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
 
 
 @dataclass
@@ -109,22 +90,20 @@ class DistillConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _check(0 <= self.alpha <= 1, "distill", "alpha", self.alpha, "a number in [0, 1]")
-        _check(
-            0 < self.temperature <= 100, "distill", "temperature", self.temperature, "a number in (0, 100]"
-        )
-        _check(0 < self.epochs <= 100, "distill", "epochs", self.epochs, "a number in (0, 100]")
-        _check(
+        check(0 <= self.alpha <= 1, "distill", "alpha", self.alpha, "a number in [0, 1]")
+        check(0 < self.temperature <= 100, "distill", "temperature", self.temperature, "a number in (0, 100]")
+        check(0 < self.epochs <= 100, "distill", "epochs", self.epochs, "a number in (0, 100]")
+        check(
             0 < self.learning_rate < 1, "distill", "learning_rate", self.learning_rate, "a number in (0, 1)"
         )
-        _check(self.batch_size >= 1, "distill", "batch_size", self.batch_size, "an integer >= 1")
+        check(self.batch_size >= 1, "distill", "batch_size", self.batch_size, "an integer >= 1")
         if self.student == "teacher-layers":
             ok = (
                 bool(self.layers)
                 and all(i >= 0 for i in self.layers)
                 and len(set(self.layers)) == len(self.layers)
             )
-            _check(ok, "distill", "layers", self.layers, "a non-empty list of distinct teacher layer indices")
+            check(ok, "distill", "layers", self.layers, "a non-empty list of distinct teacher layer indices")
 
 
 @dataclass
@@ -147,21 +126,21 @@ class SearchConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _check(self.trials >= 0, "search", "trials", self.trials, "an integer >= 0")
-        _check(self.timeout_minutes > 0, "search", "timeout_minutes", self.timeout_minutes, "a number > 0")
-        _check(
+        check(self.trials >= 0, "search", "trials", self.trials, "an integer >= 0")
+        check(self.timeout_minutes > 0, "search", "timeout_minutes", self.timeout_minutes, "a number > 0")
+        check(
             0 < self.train_fraction <= 1,
             "search",
             "train_fraction",
             self.train_fraction,
             "a number in (0, 1]",
         )
-        _check_range("search", "alpha", self.alpha, 0.0, 1.0)
-        _check_range("search", "temperature", self.temperature, 1e-3, 100.0)
-        _check_range("search", "epochs", [float(e) for e in self.epochs], 1, 100)
-        _check_range("search", "learning_rate", self.learning_rate, 1e-7, 1.0)
-        _check(self.pruner in ("median", "none"), "search", "pruner", self.pruner, '"median" or "none"')
-        _check(self.final in ("retrain", "keep"), "search", "final", self.final, '"retrain" or "keep"')
+        check_range("search", "alpha", self.alpha, 0.0, 1.0)
+        check_range("search", "temperature", self.temperature, 1e-3, 100.0)
+        check_range("search", "epochs", [float(e) for e in self.epochs], 1, 100)
+        check_range("search", "learning_rate", self.learning_rate, 1e-7, 1.0)
+        check(self.pruner in ("median", "none"), "search", "pruner", self.pruner, '"median" or "none"')
+        check(self.final in ("retrain", "keep"), "search", "final", self.final, '"retrain" or "keep"')
 
 
 @dataclass
@@ -186,36 +165,36 @@ class PruneConfig:
     recovery_learning_rate: float = 5e-5
 
     def __post_init__(self) -> None:
-        self.vocab = _enum(VocabMode, self.vocab, "prune", "vocab")
+        self.vocab = as_enum(VocabMode, self.vocab, "prune", "vocab")
         for key in ("heads_fraction", "ffn_fraction"):
             value = getattr(self, key)
-            _check(0 <= value < 1, "prune", key, value, "a share in [0, 1) (0 = off)")
-        _check(
+            check(0 <= value < 1, "prune", key, value, "a share in [0, 1) (0 = off)")
+        check(
             1 <= self.multiple_of <= 1024, "prune", "multiple_of", self.multiple_of, "an integer in 1..1024"
         )
         ok = all(i >= 0 for i in self.drop_layers) and len(set(self.drop_layers)) == len(self.drop_layers)
-        _check(ok, "prune", "drop_layers", self.drop_layers, "a list of distinct student layer indices")
+        check(ok, "prune", "drop_layers", self.drop_layers, "a list of distinct student layer indices")
         if self.keep_layers is not None:
-            _check(self.keep_layers >= 1, "prune", "keep_layers", self.keep_layers, "an integer >= 1")
-            _check(
+            check(self.keep_layers >= 1, "prune", "keep_layers", self.keep_layers, "an integer >= 1")
+            check(
                 not self.drop_layers,
                 "prune",
                 "keep_layers",
                 self.keep_layers,
                 "none when drop_layers is set (use one of the two)",
             )
-        _check(
+        check(
             self.vocab_keep_first >= 0, "prune", "vocab_keep_first", self.vocab_keep_first, "an integer >= 0"
         )
-        _check(self.importance_samples >= 1, "prune", "importance_samples", self.importance_samples, ">= 1")
-        _check(
+        check(self.importance_samples >= 1, "prune", "importance_samples", self.importance_samples, ">= 1")
+        check(
             0 <= self.recovery_epochs <= 100,
             "prune",
             "recovery_epochs",
             self.recovery_epochs,
             "a number in [0, 100] (0 = no recovery)",
         )
-        _check(
+        check(
             0 < self.recovery_learning_rate < 1,
             "prune",
             "recovery_learning_rate",
@@ -240,10 +219,10 @@ class PruneConfig:
                 f"indices of the student's {num_layers} layers (0..{num_layers - 1}) leaving at least one "
                 f"({where})"
             )
-            _check(ok, "prune", "drop_layers", self.drop_layers, expected)
+            check(ok, "prune", "drop_layers", self.drop_layers, expected)
         if self.keep_layers is not None:
             expected = f"at most the student's {num_layers} layers ({where})"
-            _check(self.keep_layers <= num_layers, "prune", "keep_layers", self.keep_layers, expected)
+            check(self.keep_layers <= num_layers, "prune", "keep_layers", self.keep_layers, expected)
 
 
 @dataclass
@@ -252,39 +231,13 @@ class ExportConfig:
     parity_tolerance: float = 1e-4  # max |logit difference| torch vs ONNX Runtime fp32
 
     def __post_init__(self) -> None:
-        _check(14 <= self.opset <= 23, "export", "opset", self.opset, "an integer in 14..23")
-        _check(self.parity_tolerance > 0, "export", "parity_tolerance", self.parity_tolerance, "a number > 0")
+        check(14 <= self.opset <= 23, "export", "opset", self.opset, "an integer in 14..23")
+        check(self.parity_tolerance > 0, "export", "parity_tolerance", self.parity_tolerance, "a number > 0")
 
 
 @dataclass
 class OptimizeConfig:
     require_fusions: bool = True  # stop the build when attention / layer norm / GELU fusion did not happen
-
-
-@dataclass
-class QuantizeConfig:
-    """INT8 quantization. Unset values come from the target preset (see edgepack.targets)."""
-
-    mode: QuantMode = QuantMode.DYNAMIC
-    weight_type: QuantType | None = None
-    activation_type: QuantType | None = None
-    per_channel: bool | None = None
-    reduce_range: bool | None = None
-    calibration_method: CalibrationMethod = CalibrationMethod.MINMAX
-    calibration_samples: int = 256
-
-    def __post_init__(self) -> None:
-        self.mode = _enum(QuantMode, self.mode, "quantize", "mode")
-        self.calibration_method = _enum(
-            CalibrationMethod, self.calibration_method, "quantize", "calibration_method"
-        )
-        if self.weight_type is not None:
-            self.weight_type = _enum(QuantType, self.weight_type, "quantize", "weight_type")
-        if self.activation_type is not None:
-            self.activation_type = _enum(QuantType, self.activation_type, "quantize", "activation_type")
-        _check(
-            self.calibration_samples >= 1, "quantize", "calibration_samples", self.calibration_samples, ">= 1"
-        )
 
 
 @dataclass
@@ -295,10 +248,10 @@ class EvaluateConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, "evaluate", "batch_size", self.batch_size, "an integer >= 1")
+        check(self.batch_size >= 1, "evaluate", "batch_size", self.batch_size, "an integer >= 1")
         t = self.oos_threshold
         ok = t is None or t == "auto" or (isinstance(t, int | float) and 0 <= t <= 1)
-        _check(ok, "evaluate", "oos_threshold", t, '"auto", a probability in [0, 1], or "none"')
+        check(ok, "evaluate", "oos_threshold", t, '"auto", a probability in [0, 1], or "none"')
 
 
 @dataclass
@@ -313,7 +266,7 @@ class PackageConfig:
             and "\\" not in self.name
             and self.name not in (".", "..")
         )
-        _check(ok, "package", "name", self.name, "a plain folder name (no path separators)")
+        check(ok, "package", "name", self.name, "a plain folder name (no path separators)")
 
 
 @dataclass
@@ -335,11 +288,12 @@ class Recipe:
     package: PackageConfig = field(default_factory=PackageConfig)
 
     def __post_init__(self) -> None:
-        from edgepack.targets import TARGETS
-
-        _check(self.target in TARGETS, "recipe", "target", self.target, f"one of {sorted(TARGETS)}")
+        check(self.target in TARGETS, "recipe", "target", self.target, f"one of {sorted(TARGETS)}")
+        self.quantize = self.quantize.for_target(
+            self.target
+        )  # the target's preset where [quantize] is silent
         if self.threads is not None:
-            _check(self.threads >= 1, "recipe", "threads", self.threads, "an integer >= 1")
+            check(self.threads >= 1, "recipe", "threads", self.threads, "an integer >= 1")
         if self.distill.student == "teacher-layers":  # the student's depth is known before any training
             self.prune.check_layers(len(self.distill.layers), f"[distill] layers = {self.distill.layers}")
 
@@ -355,15 +309,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     return value
-
-
-def _enum(cls: type[enum.StrEnum], value: Any, section: str, key: str) -> Any:
-    try:
-        return cls(value)
-    except ValueError:
-        raise RecipeError(
-            f"[{section}] {key} = {value!r} is invalid: expected one of {[m.value for m in cls]}."
-        ) from None
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -421,8 +366,20 @@ def recipe_path(name_or_path: str) -> Path:
     return shipped
 
 
+def _merge(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` over `base`, table by table (a table's keys replace the same keys of the base's table)."""
+    merged = dict(base)
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merged[key] | value
+        else:
+            merged[key] = value
+    return merged
+
+
 def _read_values(name_or_path: str, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A recipe's TOML values, merged over those of the recipe it `extends` (if any)."""
+    """A recipe's TOML values, merged over those of the recipes it `extends` (a name, or a list merged in
+    order), if any."""
     path = recipe_path(name_or_path)
     if path.resolve() in chain:
         raise RecipeError(f"Recipe {path} extends itself (through {' -> '.join(p.name for p in chain)}).")
@@ -431,27 +388,40 @@ def _read_values(name_or_path: str, chain: tuple[Path, ...] = ()) -> dict[str, A
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RecipeError(f"Recipe {path} is not valid TOML: {exc}.") from None
     values["name"] = values.get("name", path.stem)
-    base = values.pop("extends", None)
-    if base is None:
+    bases = values.pop("extends", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise RecipeError(
+            f"Recipe {path}: extends = {bases!r} must be a recipe name or path, or a list of them."
+        )
+    if not bases:
         return values
-    if not isinstance(base, str):
-        raise RecipeError(f"Recipe {path}: extends = {base!r} must be a recipe name or path.")
-    if not Path(base).suffix and (path.parent / f"{base}.toml").is_file():
-        base = str(path.parent / f"{base}.toml")  # a sibling recipe, or a shipped one by name
-    merged = _read_values(base, (*chain, path.resolve()))
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merged[key] | value
-        else:
-            merged[key] = value
+    merged: dict[str, Any] = {}
+    for base in bases:
+        if not Path(base).suffix and (path.parent / f"{base}.toml").is_file():
+            base = str(path.parent / f"{base}.toml")  # a sibling recipe, or a shipped one by name
+        merged = _merge(merged, _read_values(base, (*chain, path.resolve())))
     if "description" not in values:
-        merged["description"] = f"{values['name']}: {merged.get('description', '')} (extended)"
-    return merged
+        values["description"] = f"{values['name']}: {merged.get('description', '')} (extended)"
+    return _merge(merged, values)
 
 
-def load_recipe(name_or_path: str = DEFAULT_RECIPE, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Load a recipe (following `extends`) and apply dotted overrides such as {"teacher.epochs": 3}."""
+def _overlay_tables(name_or_path: str) -> dict[str, Any]:
+    """An overlay's stage tables only (its name, description and any non-table key are not applied)."""
+    return {k: v for k, v in _read_values(name_or_path).items() if isinstance(v, dict)}
+
+
+def load_recipe(
+    name_or_path: str = DEFAULT_RECIPE,
+    overrides: dict[str, Any] | None = None,
+    overlays: tuple[str, ...] = (),
+) -> Recipe:
+    """Load a recipe (following `extends`), merge the stage tables of `overlays` over it (for example
+    QUICK_OVERLAY, what `edgepack build --quick` adds), then apply dotted overrides such as
+    {"teacher.epochs": 3}."""
     values = _read_values(name_or_path)
+    for overlay in overlays:
+        values = _merge(values, _overlay_tables(overlay))
     for dotted, value in (overrides or {}).items():
         *tables, key = dotted.split(".")
         node = values

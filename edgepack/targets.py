@@ -1,14 +1,116 @@
-"""Per-target INT8 presets, after Optimum's `AutoQuantizationConfig.avx2() / avx512_vnni() / arm64()` and
-ONNX Runtime's own guidance for CPUs (`onnxruntime.quantization.quantize`, "Choosing parameters for CPU inference").
+"""INT8 quantization settings and the per-target presets they start from.
 
-A target names the CPU features the quantized graph relies on; the runtime warns when the CPU lacks them.
+After Optimum's `AutoQuantizationConfig.avx2() / avx512_vnni() / arm64()` and ONNX Runtime's own guidance for
+CPUs (`onnxruntime.quantization.quantize`, "Choosing parameters for CPU inference"). A target names the CPU
+features the quantized graph relies on; the runtime warns when the CPU lacks them.
+
+A leaf module: the recipe holds a `QuantizeConfig` and the quantize stage runs one, both import this.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass
 
-from edgepack.recipe import QuantizeConfig, QuantType
+from edgepack.errors import as_enum, check
+
+
+class QuantMode(enum.StrEnum):
+    DYNAMIC = "dynamic"  # activation scales computed per batch at run time (ONNX Runtime: always uint8)
+    STATIC = "static"  # activation scales fixed by calibration on training texts (QDQ graph)
+
+
+class CalibrationMethod(enum.StrEnum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+class QuantType(enum.StrEnum):
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+DEFAULT_CALIBRATION = (CalibrationMethod.MINMAX, 256)
+
+
+@dataclass
+class QuantizeConfig:
+    """INT8 quantization. A recipe's `[quantize]` leaves unset (None) what its target's preset decides;
+    `for_target` fills those in, so the config the stage runs and the manifest records is complete.
+
+    Settings a mode ignores are refused, not recorded: dynamic mode has no calibration and quantizes
+    activations to uint8 (ONNX Runtime's DynamicQuantizeLinear), so it takes neither calibration settings nor
+    int8 activations.
+    """
+
+    mode: QuantMode = QuantMode.DYNAMIC
+    weight_type: QuantType | None = None
+    activation_type: QuantType | None = None
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    calibration_method: CalibrationMethod | None = None  # static only (default minmax)
+    calibration_samples: int | None = None  # static only (default 256)
+
+    def __post_init__(self) -> None:
+        self.mode = as_enum(QuantMode, self.mode, "quantize", "mode")
+        if self.weight_type is not None:
+            self.weight_type = as_enum(QuantType, self.weight_type, "quantize", "weight_type")
+        if self.activation_type is not None:
+            self.activation_type = as_enum(QuantType, self.activation_type, "quantize", "activation_type")
+        if self.calibration_method is not None:
+            self.calibration_method = as_enum(
+                CalibrationMethod, self.calibration_method, "quantize", "calibration_method"
+            )
+        if self.calibration_samples is not None:
+            check(
+                self.calibration_samples >= 1,
+                "quantize",
+                "calibration_samples",
+                self.calibration_samples,
+                ">= 1",
+            )
+        if self.mode is QuantMode.DYNAMIC:
+            self._refuse_static_only()
+
+    def _refuse_static_only(self) -> None:
+        why = 'unset, or mode = "static" (dynamic INT8 computes activation scales at run time, uncalibrated)'
+        for key in ("calibration_method", "calibration_samples"):
+            value = getattr(self, key)
+            check(value is None, "quantize", key, value, why)
+        check(
+            self.activation_type in (None, QuantType.UINT8),
+            "quantize",
+            "activation_type",
+            self.activation_type,
+            '"uint8" or unset with mode = "dynamic" (ONNX Runtime quantizes activations to uint8 there), '
+            'or mode = "static"',
+        )
+
+    @property
+    def is_static(self) -> bool:
+        return self.mode is QuantMode.STATIC
+
+    def for_target(self, target: str) -> QuantizeConfig:
+        """These settings with every unset one taken from `target`'s preset."""
+        preset = TARGETS[target].preset(self.is_static)
+        unset = {
+            f.name: getattr(preset, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is None
+        }
+        return dataclasses.replace(self, **unset)
+
+    @classmethod
+    def avx2(cls, is_static: bool = False) -> QuantizeConfig:
+        return TARGETS["cpu-avx2"].preset(is_static)
+
+    @classmethod
+    def avx512_vnni(cls, is_static: bool = False) -> QuantizeConfig:
+        return TARGETS["cpu-avx512-vnni"].preset(is_static)
+
+    @classmethod
+    def arm64(cls, is_static: bool = False) -> QuantizeConfig:
+        return TARGETS["arm64"].preset(is_static)
 
 
 @dataclass(frozen=True)
@@ -20,6 +122,19 @@ class Target:
     per_channel: bool
     reduce_range: bool
     note: str
+
+    def preset(self, is_static: bool = False) -> QuantizeConfig:
+        """The complete settings this target recommends, dynamic or static."""
+        method, samples = DEFAULT_CALIBRATION if is_static else (None, None)
+        return QuantizeConfig(
+            mode=QuantMode.STATIC if is_static else QuantMode.DYNAMIC,
+            weight_type=self.weight_type,
+            activation_type=self.activation_type,
+            per_channel=self.per_channel,
+            reduce_range=self.reduce_range,
+            calibration_method=method,
+            calibration_samples=samples,
+        )
 
 
 TARGETS: dict[str, Target] = {
@@ -45,29 +160,3 @@ TARGETS: dict[str, Target] = {
         "arm64", ("neon",), QuantType.INT8, QuantType.UINT8, True, False, "ARMv8 / Apple silicon"
     ),
 }
-
-
-@dataclass(frozen=True)
-class ResolvedQuantization:
-    """Recipe values with the target's preset filled in where the recipe left them unset."""
-
-    mode: str
-    weight_type: QuantType
-    activation_type: QuantType
-    per_channel: bool
-    reduce_range: bool
-    calibration_method: str
-    calibration_samples: int
-
-
-def resolve_quantization(config: QuantizeConfig, target_name: str) -> ResolvedQuantization:
-    target = TARGETS[target_name]
-    return ResolvedQuantization(
-        mode=config.mode.value,
-        weight_type=config.weight_type or target.weight_type,
-        activation_type=config.activation_type or target.activation_type,
-        per_channel=target.per_channel if config.per_channel is None else config.per_channel,
-        reduce_range=target.reduce_range if config.reduce_range is None else config.reduce_range,
-        calibration_method=config.calibration_method.value,
-        calibration_samples=config.calibration_samples,
-    )

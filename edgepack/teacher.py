@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,15 @@ from edgepack import metrics, models
 from edgepack.cache import Cache, cache_key, hash_folder
 from edgepack.data import LabelledSplits
 from edgepack.recipe import TeacherConfig
-from edgepack.training import PadCollator, predict_logits, tokenized_dataset, training_arguments
+from edgepack.training import (
+    PadCollator,
+    TeacherResult,
+    predict_logits,
+    tokenized_dataset,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TeacherResult:
-    model_dir: Path  # a fine-tuned classifier folder (safetensors + tokenizer)
-    splits: LabelledSplits  # labels in the teacher's own order
-    logits: dict[str, np.ndarray]  # per split
-    record: dict[str, Any]
 
 
 def _data_fingerprint(splits: LabelledSplits) -> str:

@@ -1,16 +1,44 @@
-"""Shared training plumbing for the teacher and distill stages: tokenized datasets, Trainer arguments, logits."""
+"""What the training stages share (teacher, distill, prune): their results, tokenized datasets, Trainer
+arguments, logits, the distillation loss and trainer, and the validation score a student is judged by.
+
+The stage modules import this one and never each other.
+
+loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from edgepack import metrics
+from edgepack.data import LabelledSplits
+from edgepack.recipe import DistillConfig
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherResult:
+    model_dir: Path  # a fine-tuned classifier folder (safetensors + tokenizer)
+    splits: LabelledSplits  # labels in the teacher's own order
+    logits: dict[str, np.ndarray]  # per split
+    record: dict[str, Any]
+
+
+@dataclass
+class DistillResult:
+    model_dir: Path  # the distilled student (safetensors + tokenizer)
+    settings: DistillConfig  # what trained it (the search's best alpha, temperature, epochs, learning rate)
+    record: dict[str, Any]
 
 
 def tokenized_dataset(
@@ -103,3 +131,81 @@ def predict_logits(
         )
         out[idx] = model(**batch).logits.float().numpy()
     return out
+
+
+class DistillationTrainer(Trainer):
+    """Trainer whose loss mixes the hard-label CE with the temperature-softened KL to the teacher's logits."""
+
+    def __init__(self, *args: Any, alpha: float, temperature: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+        self.temperature = temperature
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        teacher_logits = inputs.pop("teacher_logits")
+        outputs = model(**inputs)
+        loss = distillation_loss(
+            outputs.logits, teacher_logits, inputs["labels"], self.alpha, self.temperature
+        )
+        return (loss, outputs) if return_outputs else loss
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
+) -> torch.Tensor:
+    ce = F.cross_entropy(student, labels)
+    kd = (
+        F.kl_div(
+            F.log_softmax(student / temperature, dim=-1),
+            F.softmax(teacher / temperature, dim=-1),
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
+    return alpha * ce + (1.0 - alpha) * kd
+
+
+def validation_score(model: Any, tokenizer: Any, splits: LabelledSplits, max_length: int) -> float:
+    """Validation accuracy with the best oos threshold (what the bundle ships), plain when there is no oos."""
+    logits = predict_logits(model, tokenizer, splits.texts["validation"], max_length, desc="validation")
+    probs = metrics.softmax(logits)
+    gold = splits.label_ids["validation"]
+    oos_id = splits.oos_id()
+    if oos_id is None:
+        return float((probs.argmax(1) == gold).mean())
+    return metrics.choose_threshold(probs, gold, oos_id)[1]
+
+
+def train_student(
+    model: Any,
+    tokenizer: Any,
+    train: Any,
+    config: DistillConfig,
+    out: Path,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """Distil into `model` in place with `config`'s alpha, temperature, epochs, learning rate and batch size.
+
+    `train` is a tokenized dataset carrying `teacher_logits` (see `training.tokenized_dataset`). Used for the
+    search trials, the final student and the prune stage's recovery.
+    """
+    args = training_arguments(
+        out,
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    trainer = DistillationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=PadCollator(tokenizer),
+        callbacks=callbacks,
+        alpha=config.alpha,
+        temperature=config.temperature,
+    )
+    trainer.train()
+    return model

@@ -152,9 +152,6 @@ timeout_minutes = 5
 train_fraction = 0.5
 epochs = [1, 2]
 
-[quantize]
-calibration_samples = 16
-
 [package]
 name = "tiny-int8"
 output_dir = "{tmp_path / "bundles"}"

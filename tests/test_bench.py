@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from edgepack_runtime.bench import SAMPLE_QUERIES
+from edgepack_runtime.bench import SAMPLE_QUERIES, summarize
 from test_pipeline import _tiny_overrides
 from tokenizers import Tokenizer
 
-from edgepack.bench import SCHEMA, summarize
+from edgepack.bench.contenders import bundle_teacher
+from edgepack.bench.floor import gemm_rates, kernel_macs, profile_graph
+from edgepack.bench.measure import SCHEMA
 from edgepack.cli import main
-from edgepack.floor import gemm_rates, kernel_macs, profile_graph
 from edgepack.pipeline import build
 from edgepack.recipe import load_recipe
 
@@ -188,7 +190,7 @@ def test_without_data_latency_uses_sample_queries(
     built: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no ../shared/data/clinc150 from here
-    code, output = _bench(str(built[0]), "--json", "r.json", "--plot", "r.png", *FAST)
+    code, output = _bench(str(built[0]), "--no-teacher", "--json", "r.json", "--plot", "r.png", *FAST)
     assert code == 0, output
     assert "accuracy is not measured" in output
     report = json.loads((tmp_path / "r.json").read_text())
@@ -248,3 +250,72 @@ def test_summary_percentiles_are_ordered() -> None:
     stats = summarize([5.0, 1.0, 3.0, 2.0, 100.0, 4.0], warmup=3)
     assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= 100.0
     assert stats["runs"] == 6 and stats["warmup"] == 3 and stats["std_ms"] > 0
+
+
+def test_the_bundles_own_teacher_by_default(
+    built: tuple[Path, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    bundle, teacher = built
+    out_json = tmp_path / "r.json"
+    args = [str(bundle), "--data", str(tiny_data / "test.csv"), "--no-floor", "--json", str(out_json)]
+    code, output = _bench(*args, *FAST)
+    assert code == 0, output
+    assert f"comparing with the bundle's teacher at {teacher}" in output
+    report = json.loads(out_json.read_text())
+    assert [r["kind"] for r in report["contenders"]] == ["teacher", "bundle"]
+    assert report["contenders"][0]["path"] == str(teacher)
+    code, output = _bench(*args, "--no-teacher", *FAST)
+    assert code == 0, output
+    assert "comparing with" not in output
+    assert [r["kind"] for r in json.loads(out_json.read_text())["contenders"]] == ["bundle"]
+    code, output = _bench(str(bundle), "--teacher", str(teacher), "--no-teacher")
+    assert code == 2 and "--no-teacher" in output
+
+
+def test_bundle_teacher_reads_the_manifest_and_the_cache(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    manifest = {"teacher": {"cache_key": "abc"}, "recipe": {"cache_dir": "cache"}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    folder = tmp_path / "cache" / "teacher-abc"
+    assert bundle_teacher(bundle, root=tmp_path) == (folder / "model", False)  # not cached
+    (folder / "model").mkdir(parents=True)
+    assert bundle_teacher(bundle, root=tmp_path) == (folder / "model", False)  # not complete
+    (folder / ".complete").touch()
+    assert bundle_teacher(bundle, root=tmp_path) == (folder / "model", True)
+    manifest["recipe"]["cache_dir"] = str(tmp_path / "cache")  # absolute: the root does not matter
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert bundle_teacher(bundle, root=tmp_path / "elsewhere") == (folder / "model", True)
+    (bundle / "manifest.json").write_text(json.dumps({"teacher": {"cached": False}}))
+    assert bundle_teacher(bundle) == (None, False)
+    assert bundle_teacher(tmp_path / "absent") == (None, False)
+
+
+def _python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+def test_without_the_bench_extra_bench_names_it_and_build_does_not_need_it() -> None:
+    """optimum and matplotlib made unimportable: `edgepack bench` says which extra to install, in one line;
+    `edgepack --help`, `build -h` and every build-side module still import."""
+    script = """
+import pkgutil, sys
+sys.modules["matplotlib"] = None  # as if the bench extra were not installed
+sys.modules["optimum"] = None
+from click.testing import CliRunner
+import edgepack
+from edgepack.cli import main
+for args in (["--help"], ["build", "-h"]):
+    assert CliRunner().invoke(main, args).exit_code == 0, args
+for module in pkgutil.iter_modules(edgepack.__path__):
+    if module.name not in ("bench", "cli"):
+        __import__(f"edgepack.{module.name}")
+result = CliRunner().invoke(main, ["bench", "somewhere"])
+print(result.exit_code)
+print(result.stderr)
+"""
+    out = _python(script)
+    assert out.returncode == 0, out.stderr
+    code, message = out.stdout.split("\n", 1)
+    assert code == "1" and "Traceback" not in message
+    assert message.startswith("Error: edgepack bench needs") and "pip install 'edgepack[bench]'" in message

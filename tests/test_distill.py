@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgepack.distill import distillation_loss, student_from_teacher_layers
+from edgepack.distill import student_from_teacher_layers
 from edgepack.errors import StageError
 from edgepack.models import load_classifier
+from edgepack.training import distillation_loss
 
 
 def test_loss_matches_the_formula() -> None:

@@ -54,7 +54,6 @@ def _tiny_overrides(tmp: Path, data: Path, model: Path) -> dict:
         "search.trials": 2,
         "search.train_fraction": 0.5,
         "search.epochs": [1, 2],
-        "quantize.calibration_samples": 16,
         "package.name": "tiny-int8",
         "package.output_dir": str(tmp / "bundles"),
     }
@@ -170,6 +169,7 @@ def test_static_quantization_with_calibration(
         "target": target,
         "quantize.mode": "static",
         "quantize.calibration_method": "minmax",
+        "quantize.calibration_samples": 16,
     }
     bundle = build(
         load_recipe("clinc", overrides)

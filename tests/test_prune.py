@@ -14,10 +14,9 @@ import torch
 from edgepack_runtime import Classifier
 from edgepack_runtime.bundle import verify_bundle
 
-from edgepack import evaluate, export, models, optimize, package, prune, quantize, teacher, vocab
+from edgepack import export, graphs, models, optimize, package, prune, quantize, teacher, vocab
 from edgepack.cache import Cache
 from edgepack.data import load_splits
-from edgepack.distill import DistillResult
 from edgepack.errors import RecipeError, StageError
 from edgepack.pipeline import STAGES, build
 from edgepack.recipe import (
@@ -26,20 +25,17 @@ from edgepack.recipe import (
     ExportConfig,
     OptimizeConfig,
     PruneConfig,
-    QuantizeConfig,
     TeacherConfig,
     load_recipe,
 )
-from edgepack.targets import resolve_quantization
-from edgepack.training import predict_logits
+from edgepack.targets import QuantizeConfig
+from edgepack.training import DistillResult, TeacherResult, predict_logits
 
 MAX_LENGTH = 32
 
 
 @pytest.fixture(scope="module")
-def taught(
-    tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model: Path
-) -> teacher.TeacherResult:
+def taught(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model: Path) -> TeacherResult:
     """A fine-tuned 3-layer, 4-head (head size 8) BERT on the tiny data: room for uneven head pruning."""
     from transformers import BertConfig, BertModel
 
@@ -61,26 +57,24 @@ def taught(
     return teacher.run(splits, settings, MAX_LENGTH, Cache(tmp_path_factory.mktemp("cache")))
 
 
-def _distilled(taught: teacher.TeacherResult) -> DistillResult:
+def _distilled(taught: TeacherResult) -> DistillResult:
     """The fine-tuned model stands in for a distilled student, with the settings recovery reuses."""
     settings = DistillConfig(epochs=1, learning_rate=1e-3, batch_size=8)
-    return DistillResult(taught.model_dir, {"settings": asdict(settings), "validation_score": None})
+    return DistillResult(taught.model_dir, settings, {"settings": asdict(settings), "validation_score": None})
 
 
-def _run(taught: teacher.TeacherResult, out: Path, **knobs: Any) -> prune.PruneResult:
+def _run(taught: TeacherResult, out: Path, **knobs: Any) -> prune.PruneResult:
     return prune.run(taught, _distilled(taught), PruneConfig(**knobs), MAX_LENGTH, out / "pruned")
 
 
 def _export_fuse_quantize(model_dir: Path, work: Path) -> tuple[dict, dict, dict]:
     exported = export.run(model_dir, ExportConfig(), MAX_LENGTH, work / "m.onnx")
-    config = models.load_classifier(model_dir).config
-    fused = optimize.run(exported.onnx_path, config, OptimizeConfig(), work / "f.onnx")
-    settings = resolve_quantization(QuantizeConfig(), "cpu-avx2")
-    quantized = quantize.run(fused.onnx_path, settings, [], work / "q.onnx")
-    return exported.record, fused.record, quantized.record
+    fused = optimize.run(exported.onnx_path, exported.model.layers, OptimizeConfig(), work / "f.onnx")
+    quantized = quantize.quantize_graph(fused.onnx_path, QuantizeConfig.avx2(), [], work / "q.onnx")
+    return exported.record, fused.record, quantized
 
 
-def test_nothing_enabled_passes_the_student_through(tmp_path: Path, taught: teacher.TeacherResult) -> None:
+def test_nothing_enabled_passes_the_student_through(tmp_path: Path, taught: TeacherResult) -> None:
     result = _run(taught, tmp_path)
     assert result.model_dir == taught.model_dir and result.record is None
     assert not (tmp_path / "pruned").exists()
@@ -88,7 +82,7 @@ def test_nothing_enabled_passes_the_student_through(tmp_path: Path, taught: teac
     assert STAGES.index("prune") == STAGES.index("distill") + 1
 
 
-def test_structured_pruning_shrinks_the_matrices(tmp_path: Path, taught: teacher.TeacherResult) -> None:
+def test_structured_pruning_shrinks_the_matrices(tmp_path: Path, taught: TeacherResult) -> None:
     result = _run(
         taught,
         tmp_path,
@@ -135,7 +129,7 @@ def test_structured_pruning_shrinks_the_matrices(tmp_path: Path, taught: teacher
     assert quantized["quantized_matmuls"] >= 2 * 3  # per layer: QAttention, attention output, two FFN MatMuls
 
 
-def test_uneven_heads_per_layer_still_fuse(tmp_path: Path, taught: teacher.TeacherResult) -> None:
+def test_uneven_heads_per_layer_still_fuse(tmp_path: Path, taught: TeacherResult) -> None:
     """ONNX Runtime's fuser reads num_heads per Attention node, so layers may keep different head counts."""
     model = models.load_classifier(taught.model_dir)
     model.prune_heads({0: [0, 1, 2], 1: [3], 2: [1, 2]})
@@ -157,12 +151,12 @@ def test_uneven_heads_per_layer_still_fuse(tmp_path: Path, taught: teacher.Teach
     texts = taught.splits.texts["test"]
     tokenizer = models.load_tokenizer(folder)
     expected = predict_logits(models.load_classifier(folder), tokenizer, texts, MAX_LENGTH)
-    fused_logits = evaluate.graph_logits(tmp_path / "f.onnx", tokenizer, texts, MAX_LENGTH)
+    fused_logits = graphs.graph_logits(tmp_path / "f.onnx", tokenizer, texts, MAX_LENGTH)
     np.testing.assert_allclose(fused_logits, expected, atol=1e-4)
 
 
 def test_every_layer_keeps_a_head(
-    tmp_path: Path, taught: teacher.TeacherResult, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, taught: TeacherResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Global ranking over per-layer normalised scores, with a floor of one head per layer."""
     real = prune._importance
@@ -183,7 +177,7 @@ def test_every_layer_keeps_a_head(
     assert result.record["after"]["heads"] == [1, 1, 2]
 
 
-def test_head_importance_is_the_gradient_of_a_head_mask(taught: teacher.TeacherResult) -> None:
+def test_head_importance_is_the_gradient_of_a_head_mask(taught: TeacherResult) -> None:
     """Masking each head's context (our hook) gives the same gradient as transformers' own head_mask."""
     model = models.load_classifier(taught.model_dir).eval()
     tokenizer = models.load_tokenizer(taught.model_dir)
@@ -207,7 +201,7 @@ def test_head_importance_is_the_gradient_of_a_head_mask(taught: teacher.TeacherR
     assert np.stack(ours).min() > 0
 
 
-def test_keep_layers_drops_the_layer_that_costs_least(tmp_path: Path, taught: teacher.TeacherResult) -> None:
+def test_keep_layers_drops_the_layer_that_costs_least(tmp_path: Path, taught: TeacherResult) -> None:
     result = _run(taught, tmp_path, keep_layers=1, recovery_epochs=0)
     assert result.record is not None
     steps = result.record["layers"]["steps"]
@@ -252,7 +246,7 @@ def test_bad_knobs_are_refused_with_key_and_value(overrides: dict, message: str)
         load_recipe("clinc", overrides)
 
 
-def test_knobs_the_student_cannot_take_are_refused(tmp_path: Path, taught: teacher.TeacherResult) -> None:
+def test_knobs_the_student_cannot_take_are_refused(tmp_path: Path, taught: TeacherResult) -> None:
     with pytest.raises(
         RecipeError, match=r"drop_layers = \[0, 1, 2\] is invalid: .* 3 layers .*distilled student"
     ):
@@ -266,12 +260,12 @@ def test_knobs_the_student_cannot_take_are_refused(tmp_path: Path, taught: teach
 
 
 @pytest.fixture(scope="module")
-def trimmed(tmp_path_factory: pytest.TempPathFactory, taught: teacher.TeacherResult) -> prune.PruneResult:
+def trimmed(tmp_path_factory: pytest.TempPathFactory, taught: TeacherResult) -> prune.PruneResult:
     return _run(taught, tmp_path_factory.mktemp("trimmed"), vocab="train")
 
 
 def test_vocabulary_trimming_keeps_training_text_identical(
-    trimmed: prune.PruneResult, taught: teacher.TeacherResult
+    trimmed: prune.PruneResult, taught: TeacherResult
 ) -> None:
     before_tok = models.load_tokenizer(taught.model_dir)
     after_tok = models.load_tokenizer(trimmed.model_dir)
@@ -300,7 +294,7 @@ def test_vocabulary_trimming_keeps_training_text_identical(
 
 
 def test_trimmed_vocabulary_spells_every_word_the_full_one_could(
-    trimmed: prune.PruneResult, taught: teacher.TeacherResult
+    trimmed: prune.PruneResult, taught: TeacherResult
 ) -> None:
     before_tok = models.load_tokenizer(taught.model_dir)
     after_tok = models.load_tokenizer(trimmed.model_dir)
@@ -319,9 +313,7 @@ def test_trimmed_vocabulary_spells_every_word_the_full_one_could(
     assert singles <= set(after_tok.get_vocab())
 
 
-def test_trimmed_tokenizer_folder_is_consistent(
-    trimmed: prune.PruneResult, taught: teacher.TeacherResult
-) -> None:
+def test_trimmed_tokenizer_folder_is_consistent(trimmed: prune.PruneResult, taught: TeacherResult) -> None:
     from transformers import BertTokenizer
 
     folder = trimmed.model_dir
@@ -380,9 +372,7 @@ def test_special_tokens_are_renumbered_everywhere(tmp_path: Path) -> None:
     assert json.dumps(processor).count("[CLS]") and trimmed.decode([2, 3]) == "[CLS] [SEP]"
 
 
-def test_vocabulary_check_is_recorded_per_split(
-    trimmed: prune.PruneResult, taught: teacher.TeacherResult
-) -> None:
+def test_vocabulary_check_is_recorded_per_split(trimmed: prune.PruneResult, taught: TeacherResult) -> None:
     record = trimmed.record
     assert record is not None
     before_tok = models.load_tokenizer(taught.model_dir)
@@ -401,7 +391,7 @@ def test_vocabulary_check_is_recorded_per_split(
     )
 
 
-def test_a_remapping_bug_would_be_caught(taught: teacher.TeacherResult) -> None:
+def test_a_remapping_bug_would_be_caught(taught: TeacherResult) -> None:
     """compare() refuses when identically tokenized text gets other logits (embedding rows out of step)."""
     tokenizer = models.load_tokenizer(taught.model_dir)
     model = models.load_classifier(taught.model_dir).eval()

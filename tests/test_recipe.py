@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from edgepack.recipe import QuantMode, RecipeError, load_recipe, parse_override, recipe_path
-from edgepack.targets import TARGETS, resolve_quantization
+from edgepack.recipe import RecipeError, load_recipe, parse_override, recipe_path
+from edgepack.targets import TARGETS, QuantizeConfig, QuantMode
 
 
 @pytest.mark.parametrize("name", ["clinc", "clinc-quick", "clinc-bert", "clinc-pruned", "clinc-tiny"])
@@ -68,12 +68,13 @@ def test_parse_override_reads_toml_values() -> None:
 
 def test_target_presets() -> None:
     recipe = load_recipe("clinc")
-    avx2 = resolve_quantization(recipe.quantize, "cpu-avx2")
+    avx2 = recipe.quantize
     assert (avx2.weight_type, avx2.activation_type, avx2.per_channel) == ("int8", "uint8", True)
     assert avx2.reduce_range, "7-bit weights: AVX2's u8 x s8 pair-sum must not saturate"
-    vnni = resolve_quantization(recipe.quantize, "cpu-avx512-vnni")
+    assert avx2 == QuantizeConfig.avx2(), "a recipe's config is the preset's type, filled in from it"
+    vnni = load_recipe("clinc", {"target": "cpu-avx512-vnni"}).quantize
     assert vnni.weight_type == "int8" and "avx512_vnni" in TARGETS["cpu-avx512-vnni"].cpu_features
-    pinned = resolve_quantization(load_recipe("clinc", {"quantize.per_channel": False}).quantize, "arm64")
+    pinned = load_recipe("clinc", {"quantize.per_channel": False, "target": "arm64"}).quantize
     assert pinned.per_channel is False and pinned.weight_type == "int8"
 
 
@@ -94,9 +95,29 @@ def test_extends_cycle_is_refused(tmp_path: Path) -> None:
 
 
 def test_quick_budget_matches_the_clinc_quick_recipe() -> None:
-    from edgepack.cli import QUICK_OVERRIDES
+    from edgepack.recipe import QUICK_OVERLAY
 
-    quick = load_recipe("clinc-quick").to_dict()
-    for dotted, value in QUICK_OVERRIDES.items():
-        section, key = dotted.split(".")
-        assert quick[section][key] == value, dotted
+    quick = load_recipe("clinc", overlays=(QUICK_OVERLAY,)).to_dict()
+    recipe = load_recipe("clinc-quick").to_dict()
+    for section in ("teacher", "search", "distill"):
+        differs = {k for k in quick[section] if quick[section][k] != recipe[section][k]}
+        assert differs == ({"layers"} if section == "distill" else set()), section
+    assert quick["teacher"]["epochs"] == 1 and quick["search"]["trials"] == 2
+    assert quick["package"] == load_recipe("clinc").to_dict()["package"], "--quick keeps the recipe's name"
+
+
+def test_settings_a_quantization_mode_ignores_are_refused() -> None:
+    with pytest.raises(RecipeError, match=r"calibration_samples = 16 is invalid.*mode = \"static\""):
+        load_recipe("clinc", {"quantize.calibration_samples": 16})
+    with pytest.raises(RecipeError, match="activation_type = 'int8' is invalid"):
+        load_recipe("clinc", {"quantize.activation_type": "int8"})
+    static = load_recipe("clinc", {"quantize.mode": "static", "quantize.calibration_samples": 16}).quantize
+    assert (static.calibration_method, static.calibration_samples) == ("minmax", 16)
+    assert load_recipe("clinc").quantize.calibration_samples is None, "dynamic INT8 records no calibration"
+
+
+def test_extends_takes_a_list_merged_in_order(tmp_path: Path) -> None:
+    (tmp_path / "budget.toml").write_text("[teacher]\nepochs = 2\n[search]\ntrials = 1\n")
+    (tmp_path / "child.toml").write_text('extends = ["clinc", "budget"]\n[search]\ntrials = 3\n')
+    recipe = load_recipe(str(tmp_path / "child.toml"))
+    assert (recipe.teacher.epochs, recipe.search.trials, recipe.package.name) == (2, 3, "clinc-int8")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -56,15 +55,11 @@ def test_parity_failure_stops_the_build(tmp_path: Path, finetuned: Path) -> None
 def test_missing_fusions_fail_loudly(tmp_path: Path, finetuned: Path) -> None:
     exported = export.run(finetuned, ExportConfig(), 32, tmp_path / "m.onnx")
     assert exported.record["parity_max_abs_logit_diff"] < 1e-4
-    fused = optimize.run(
-        exported.onnx_path, SimpleNamespace(num_hidden_layers=2), OptimizeConfig(), tmp_path / "f.onnx"
-    )
+    fused = optimize.run(exported.onnx_path, exported.model.layers, OptimizeConfig(), tmp_path / "f.onnx")
     assert fused.record["fused_operators"]["Attention"] == 2 and fused.record["complete"]
     # A graph claiming more layers than were fused (what an unfusable attention export looks like) is refused.
     with pytest.raises(StageError, match="expected fusions did not happen.*Attention: 2 of 3"):
-        optimize.run(
-            exported.onnx_path, SimpleNamespace(num_hidden_layers=3), OptimizeConfig(), tmp_path / "g.onnx"
-        )
+        optimize.run(exported.onnx_path, 3, OptimizeConfig(), tmp_path / "g.onnx")
 
 
 def test_search_can_share_a_study_through_storage(tmp_path: Path, tiny_data: Path, tiny_model: Path) -> None:

@@ -30,7 +30,7 @@ def refused(path: Path, *needles: str) -> BundleError:
 
 
 def test_contract_constants_and_file_record() -> None:
-    assert SCHEMA == "edgepack.bundle/1"
+    assert SCHEMA == "edgepack.bundle/1.1"
     assert BUNDLE_FILES == ("model.onnx", "tokenizer.json", "labels.json")
     record = file_record(b"abc")
     assert record == {"sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "size": 3}

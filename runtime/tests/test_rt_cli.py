@@ -73,7 +73,7 @@ def test_verify_ok(bundle: Path) -> None:
     result = run("verify", str(bundle))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("OK: bundle")
-    assert "tiny (edgepack.bundle/1)" in result.stdout and "model.onnx" in result.stdout
+    assert "tiny (edgepack.bundle/1.1)" in result.stdout and "model.onnx" in result.stdout
     assert re.search(r"^labels +5$", result.stdout, re.MULTILINE)
 
 

@@ -25,7 +25,7 @@ def test_declared_dependencies() -> None:
         for r in requires
         if "extra ==" not in r
     }
-    assert core == {"onnxruntime", "tokenizers", "numpy", "click"}
+    assert core == {"onnxruntime", "tokenizers", "numpy", "click", "rfc8785"}
 
 
 def test_no_module_imports_a_banned_package() -> None:

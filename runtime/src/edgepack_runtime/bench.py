@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from edgepack_runtime.classifier import Classifier
 from edgepack_runtime.manifest import BUNDLE_FILES, MANIFEST
+from edgepack_runtime.metrics import scores
 
 # Queries used when no data file is given: varied lengths and topics, like a user's requests.
 SAMPLE_QUERIES = (
@@ -29,6 +30,22 @@ SAMPLE_QUERIES = (
 )
 
 
+def summarize(times_ms: Sequence[float] | np.ndarray, warmup: int) -> dict[str, Any]:
+    """Percentiles, mean and standard deviation of timed calls (ms), with how many were timed and untimed:
+    the latency figures of both this module's report and `edgepack bench`'s."""
+    values = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = (float(v) for v in np.percentile(values, [50, 90, 99]))
+    return {
+        "runs": len(values),
+        "warmup": warmup,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "mean_ms": float(values.mean()),
+        "std_ms": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+    }
+
+
 def latency(clf: Classifier, texts: Sequence[str], runs: int, warmup: int) -> dict[str, Any]:
     """Milliseconds per `predict` call (tokenization included), cycling through texts."""
     cycle = itertools.cycle(texts)
@@ -40,32 +57,30 @@ def latency(clf: Classifier, texts: Sequence[str], runs: int, warmup: int) -> di
         start = time.perf_counter_ns()
         clf.predict(text)
         times[i] = (time.perf_counter_ns() - start) / 1e6
-    return {
-        "runs": runs,
-        "warmup": warmup,
-        "p50_ms": float(np.percentile(times, 50)),
-        "p90_ms": float(np.percentile(times, 90)),
-        "p99_ms": float(np.percentile(times, 99)),
-        "mean_ms": float(times.mean()),
-        "std_ms": float(times.std(ddof=1)) if runs > 1 else 0.0,
-    }
+    return summarize(times, warmup)
+
+
+def batch_throughput(
+    predict_batch: Callable[[list[str], int], object], texts: Sequence[str], batch_size: int, max_texts: int
+) -> dict[str, Any]:
+    """Texts per second through `predict_batch(texts, batch_size)` after a one-batch warm-up, on at least four
+    batches' worth of texts and otherwise on up to `max_texts` of `texts` (cycled when there are fewer)."""
+    count = max(4 * batch_size, min(len(texts), max_texts))
+    items = list(itertools.islice(itertools.cycle(texts), count))
+    predict_batch(items[:batch_size], batch_size)  # warm-up
+    start = time.perf_counter()
+    predict_batch(items, batch_size)
+    seconds = time.perf_counter() - start
+    return {"batch_size": batch_size, "texts": count, "seconds": seconds, "texts_per_s": count / seconds}
 
 
 def throughput(clf: Classifier, texts: Sequence[str], batch_size: int) -> dict[str, Any]:
-    """Texts per second through predict_batch on at least four batches' worth of texts."""
-    count = max(4 * batch_size, min(len(texts), 2000))
-    items = list(itertools.islice(itertools.cycle(texts), count))
-    clf.predict_batch(items[:batch_size], batch_size=batch_size)  # warm-up
-    start = time.perf_counter()
-    clf.predict_batch(items, batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    return {
-        "batch_size": batch_size,
-        "texts": count,
-        "seconds": seconds,
-        "texts_per_s": count / seconds,
-        "batched": clf.batch_invariant,  # False: dynamic INT8, texts run one at a time (see Classifier)
-    }
+    """Texts per second through predict_batch on at least four batches' worth of texts (up to 2,000)."""
+    result = batch_throughput(
+        lambda items, bs: clf.predict_batch(items, batch_size=bs), texts, batch_size, 2000
+    )
+    result["batched"] = clf.batch_invariant  # False: dynamic INT8, texts run one at a time (see Classifier)
+    return result
 
 
 def disk_size(clf: Classifier) -> dict[str, int]:
@@ -75,23 +90,27 @@ def disk_size(clf: Classifier) -> dict[str, int]:
 
 def accuracy(clf: Classifier, pairs: Sequence[tuple[str, str]], batch_size: int) -> dict[str, Any]:
     """Accuracy of the final labels (out-of-scope threshold applied); in-scope accuracy and out-of-scope
-    recall when the bundle names an out-of-scope label (or has one called 'oos')."""
+    recall when the bundle names an out-of-scope label (or has one called 'oos'), None over no texts."""
     predictions = clf.predict_batch([text for text, _ in pairs], batch_size=batch_size, top_k=1)
-    gold = np.array([label for _, label in pairs], dtype=object)
-    predicted = np.array([p.label for p in predictions], dtype=object)
-    correct = gold == predicted
     known = set(clf.labels)
+    oos = clf.oos_label or ("oos" if "oos" in known else None)
+    # Predictions carry labels of labels.json (the out-of-scope one included: the bundle check makes sure);
+    # a gold label the bundle does not know gets -1, never right: comparing ids is comparing labels.
+    index = {label: i for i, label in enumerate(clf.labels)}
+    gold = np.array([index.get(label, -1) for _, label in pairs], dtype=np.int64)
+    predicted = np.array([index[p.label] for p in predictions], dtype=np.int64)
+    figures = scores(predicted, gold, index[oos] if oos is not None else None)
     result: dict[str, Any] = {
         "texts": len(pairs),
-        "accuracy": float(correct.mean()),
-        "unknown_labels": sorted({g for g in gold if g not in known}),
+        "accuracy": figures["accuracy"],
+        "unknown_labels": sorted({label for _, label in pairs if label not in known}),
     }
-    oos = clf.oos_label or ("oos" if "oos" in known else None)
     if oos is not None:
-        in_scope = gold != oos
+        in_scope = gold != index[oos]
         result["oos_label"] = oos
-        result["in_scope_accuracy"] = float(correct[in_scope].mean()) if in_scope.any() else None
-        result["oos_recall"] = float(correct[~in_scope].mean()) if (~in_scope).any() else None
+        # scores() gives 0.0 over no rows; this report says None (no such texts)
+        result["in_scope_accuracy"] = figures["in_scope_accuracy"] if in_scope.any() else None
+        result["oos_recall"] = figures["oos_recall"] if (~in_scope).any() else None
     return result
 
 

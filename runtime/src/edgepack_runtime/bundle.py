@@ -24,6 +24,7 @@ from edgepack_runtime.manifest import (
     SCHEMA,
     FileRecord,
     Spec,
+    digest_serialisation,
     manifest_digest,
     parse_manifest,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SCHEMA",
     "BundleError",
     "VerifiedBundle",
+    "digest_serialisation",
     "file_record",
     "manifest_digest",
     "read_bundle",

@@ -8,13 +8,14 @@ sessions may be run from many threads at once. So one instance can be shared by 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from numpy.typing import DTypeLike
 
 from edgepack_runtime import cpu
 from edgepack_runtime.bundle import VerifiedBundle, read_bundle
@@ -60,11 +61,40 @@ def _positive_int(value: object, name: str) -> int:
     return value
 
 
-def _session(model: bytes, threads: int) -> ort.InferenceSession:
+def session_options(threads: int) -> ort.SessionOptions:
+    """How every edgepack session runs (the runtime's, and the build side's measurements alike): `threads`
+    intra-op threads (0: ONNX Runtime decides), one inter-op thread, operators run in sequence."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+def feeds(
+    rows: Sequence[Sequence[int]], types: Mapping[str, DTypeLike], pad_id: int = 0
+) -> dict[str, np.ndarray]:
+    """The graph's inputs for token-id rows, padded with `pad_id` to the longest row: input_ids,
+    attention_mask and, when `types` names it, token_type_ids (zeros), each of its type in `types`
+    (input name -> numpy type or its name, e.g. "int64", as manifest.json's model.inputs give them)."""
+    if len(rows) == 1:  # a single query: nothing to pad
+        ids = np.array(rows, dtype=np.int64)
+        mask = np.ones_like(ids)
+    else:
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+    out = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in types:
+        out["token_type_ids"] = np.zeros_like(ids)
+    return {name: array.astype(types[name], copy=False) for name, array in out.items()}
+
+
+def _session(model: bytes, threads: int) -> ort.InferenceSession:
+    options = session_options(threads)
     options.log_severity_level = 4  # errors reach the caller as BundleError, not as log lines on stderr
     options.add_session_config_entry("session.load_model_format", "ONNX")  # never the ORT flatbuffer format
     try:
@@ -94,7 +124,6 @@ class Classifier:
         self._max_chars = CHARS_PER_TOKEN * spec.max_length
         self._types = {t.name: _NUMPY_TYPES[t.type] for t in spec.inputs}
         self._outputs = [spec.output.name]
-        self._cast = any(dtype is not np.int64 for dtype in self._types.values())
         self._oos: tuple[str, float] | None = None  # (label, threshold) when out-of-scope rejection is on
         if spec.oos_label is not None and spec.oos_threshold is not None:
             self._oos = (spec.oos_label, spec.oos_threshold)
@@ -180,22 +209,7 @@ class Classifier:
 
     def _run(self, rows: list[list[int]]) -> np.ndarray:
         """Logits for token-id rows, padded with numpy to the longest row."""
-        if len(rows) == 1:  # a single query: nothing to pad
-            ids = np.array(rows, dtype=np.int64)
-            mask = np.ones_like(ids)
-        else:
-            width = max(len(r) for r in rows)
-            ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for i, row in enumerate(rows):
-                ids[i, : len(row)] = row
-                mask[i, : len(row)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._types:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        if self._cast:
-            feeds = {name: array.astype(self._types[name]) for name, array in feeds.items()}
-        return np.asarray(self._session.run(self._outputs, feeds)[0])
+        return np.asarray(self._session.run(self._outputs, feeds(rows, self._types, self._pad_id))[0])
 
     def _probabilities(self, texts: list[str], batch_size: int) -> np.ndarray:
         rows = self._encode(texts) if texts else []

@@ -10,9 +10,9 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -22,6 +22,7 @@ from edgepack_runtime.errors import BundleError
 if TYPE_CHECKING:
     from edgepack_runtime.classifier import Classifier
 
+F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 bundle_argument = click.argument("bundle", type=click.Path(path_type=Path))
 threads_option = click.option(
@@ -33,6 +34,29 @@ threads_option = click.option(
 )
 strict_option = click.option(
     "--strict", is_flag=True, help="Refuse a bundle built for CPU features this CPU lacks."
+)
+
+
+# The measuring options of `edgepack-run bench` and `edgepack bench` (which imports these): one meaning each.
+def runs_option(default: int, why_default: str = "") -> Callable[[F], F]:
+    """--runs: timed batch-1 calls per model measured; `why_default` explains a default other than 200."""
+    return click.option(
+        "--runs",
+        type=click.IntRange(min=2),
+        default=default,
+        show_default=True,
+        help="Timed batch-1 calls per model measured, tokenization included"
+        + (f" ({why_default})" if why_default else "")
+        + ".",
+    )
+
+
+batch_size_option = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Texts per batch when measuring throughput.",
 )
 
 
@@ -155,12 +179,8 @@ def verify(bundle: Path, threads: int, strict: bool) -> None:
     "--label-column", default="label", show_default=True, help="Label column of a CSV / JSONL file."
 )
 @threads_option
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="For throughput."
-)
-@click.option(
-    "--runs", type=click.IntRange(min=2), default=200, show_default=True, help="Timed batch-1 calls."
-)
+@batch_size_option
+@runs_option(200)
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed calls first."
 )

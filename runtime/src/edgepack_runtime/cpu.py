@@ -7,6 +7,7 @@ No extra dependencies: /proc/cpuinfo on Linux, `sysctl` on Intel macOS, the arch
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 import sys
@@ -22,6 +23,8 @@ TARGETS = (
     ("cpu-avx2", ("avx2",)),
     ("arm64", ("neon",)),
 )
+# The flags a benchmark report names (describe): what INT8 matrix products run on, x86 spelling.
+DESCRIBED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 _X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
 _ARM64 = {"arm64", "aarch64", "armv8l", "armv8b"}
 _MAC_KEYS = {
@@ -79,16 +82,24 @@ def _sysctl(key: str) -> bool | None:
     return value == "1" if out.returncode == 0 and value in ("0", "1") else None
 
 
+def _cpuinfo() -> str | None:
+    """The text of /proc/cpuinfo, or None where there is none (not Linux, or unreadable)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 @functools.lru_cache(maxsize=1)
 def detect() -> CpuFeatures:
     """This machine's features (computed once per process)."""
     machine = platform.machine()
-    if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-                return parse_cpuinfo(handle.read(), machine)
-        except OSError:
-            pass
+    text = _cpuinfo()
+    if text is not None:
+        return parse_cpuinfo(text, machine)
     present, checked = _by_architecture(machine)
     if sys.platform == "darwin" and machine.lower() in _X86:
         for feature, key in _MAC_KEYS.items():
@@ -99,6 +110,25 @@ def detect() -> CpuFeatures:
                     present.add(feature)
         return CpuFeatures(frozenset(present), frozenset(checked), "sysctl")
     return CpuFeatures(frozenset(present), frozenset(checked), f"platform ({sys.platform}, {machine or '?'})")
+
+
+def describe_cpuinfo(text: str | None, processor: str = "", cores: int | None = None) -> str:
+    """CPU model, the SIMD flags that matter for INT8 and the core count, from the text of /proc/cpuinfo
+    (None: only `processor`, platform.processor()'s answer, is known)."""
+    model, flags = "", set()
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "model name" and not model:
+            model = value.strip()
+        elif sep and key.strip() == "flags":
+            flags = set(value.split())
+    shown = [f for f in DESCRIBED_FLAGS if f in flags]
+    return f"{model or processor or 'unknown CPU'}, {cores} logical cores, flags: {', '.join(shown) or 'n/a'}"
+
+
+def describe() -> str:
+    """This machine's CPU for a benchmark report, e.g. "AMD EPYC 9B14, 2 logical cores, flags: avx2, ..."."""
+    return describe_cpuinfo(_cpuinfo(), platform.processor(), os.cpu_count())
 
 
 def suggest_target(cpu: CpuFeatures) -> str | None:

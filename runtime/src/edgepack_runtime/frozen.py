@@ -12,8 +12,9 @@ longer than the bundle reads), or {"input": N, "error": "..."} for a line that i
 Exit codes: 0 all answered, 1 some inputs got an error line (the others were answered), 2 bad options,
 3 the embedded bundle was refused.
 
-This module imports only edgepack_runtime, onnxruntime, tokenizers, numpy and the standard library (no
-click), so the executable carries nothing else; it is testable unfrozen by passing `bundle=`.
+This module imports only edgepack_runtime, onnxruntime, tokenizers, numpy, rfc8785 (the manifest digest, pure
+Python) and the standard library (no click), so the executable carries nothing else; it is testable unfrozen
+by passing `bundle=`.
 """
 
 from __future__ import annotations

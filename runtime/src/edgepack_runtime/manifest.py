@@ -6,12 +6,17 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import rfc8785
+
 from edgepack_runtime.errors import BundleError
 
-SCHEMA = "edgepack.bundle/1"
+# What a writer puts in `schema` now. Readers take any minor version of SCHEMA_MAJOR; the minor only changes
+# how `manifest_sha256` is computed (see digest_serialisation).
+SCHEMA = "edgepack.bundle/1.1"
 SCHEMA_MAJOR = 1
 MANIFEST = "manifest.json"
 BUNDLE_FILES = ("model.onnx", "tokenizer.json", "labels.json")
@@ -23,7 +28,7 @@ OUTPUT_NAME = "logits"
 # the manifest without this key, serialized canonically (see manifest_digest). Verified when present.
 DIGEST_KEY = "manifest_sha256"
 
-_SCHEMA_RE = re.compile(r"edgepack\.bundle/(\d+)(?:\.\d+)?")
+_SCHEMA_RE = re.compile(r"edgepack\.bundle/(\d+)(?:\.(\d+))?")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -41,6 +46,28 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class OosRule:
+    """Out-of-scope rejection as the bundle ships it: a text whose score lies on the out-of-scope side of
+    `threshold` is answered with `label`.
+
+    `output` names the graph output that computes the score (one float per text, e.g. "oos_score"), so every
+    runtime applies one threshold to one number; None (bundles before schema 1.1's scores) means the top
+    softmax probability, computed by the runtime. `direction` says which side is out of scope: "below" (the
+    score measures confidence) or "above" (it measures distance).
+    """
+
+    label: str
+    threshold: float
+    method: str
+    output: str | None
+    direction: str
+
+    def rejects(self, scores: Any) -> Any:
+        """True where a score (a float or a numpy array) is on the out-of-scope side of the threshold."""
+        return scores > self.threshold if self.direction == "above" else scores < self.threshold
+
+
+@dataclass(frozen=True)
 class Spec:
     """The checked, typed part of a manifest that the runtime uses."""
 
@@ -54,8 +81,15 @@ class Spec:
     max_position_embeddings: int
     target_name: str
     cpu_features: tuple[str, ...]
-    oos_label: str | None
-    oos_threshold: float | None
+    oos: OosRule | None
+
+    @property
+    def oos_label(self) -> str | None:
+        return self.oos.label if self.oos else None
+
+    @property
+    def oos_threshold(self) -> float | None:
+        return self.oos.threshold if self.oos else None
 
 
 def _fail(problem: str) -> BundleError:
@@ -89,28 +123,75 @@ def _positive(obj: dict[str, Any], path: str | tuple[str, ...], minimum: int = 1
     return value
 
 
+def schema_version(schema: str) -> tuple[int, int]:
+    """(major, minor) of a bundle schema: "edgepack.bundle/1" -> (1, 0), "edgepack.bundle/1.1" -> (1, 1).
+
+    Raises BundleError for anything else, and for a major version this runtime does not read.
+    """
+    match = _SCHEMA_RE.fullmatch(schema)
+    if not match:
+        raise _fail(f"schema '{schema:.80}' is not an edgepack bundle schema (expected '{SCHEMA}')")
+    major, minor = int(match.group(1)), int(match.group(2) or 0)
+    if major != SCHEMA_MAJOR:
+        raise _fail(
+            f"unknown major schema version {match.group(1)} ('{schema}'): this runtime reads major version "
+            f"{SCHEMA_MAJOR} ('{SCHEMA}' and its other minor versions); install the edgepack-runtime that "
+            "matches the edgepack that built the bundle, or rebuild it"
+        )
+    return major, minor
+
+
+def _python_json_bytes(body: dict[str, Any]) -> bytes:
+    """Schema minor 0: Python's json.dumps, sorted keys (by code point), compact, UTF-8. Python-only."""
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _jcs_bytes(body: dict[str, Any]) -> bytes:
+    """RFC 8785 (JSON Canonicalization Scheme): what any language's JCS implementation gives."""
+    return rfc8785.dumps(body)
+
+
+def digest_serialisation(schema: str) -> Callable[[dict[str, Any]], bytes]:
+    """The one place that decides which bytes `manifest_sha256` is the sha256 of, from the manifest's schema.
+
+    - "edgepack.bundle/1" (or "/1.0"): bundles written before schema 1.1; Python's json.dumps with sort_keys,
+      ensure_ascii=False and separators (",", ":"), as UTF-8 (checked as before, never written any more);
+    - "edgepack.bundle/1.1" and every later minor of major 1: RFC 8785, the JSON Canonicalization Scheme.
+
+    Raises BundleError for a schema that is not an edgepack one or has an unknown major version.
+    """
+    _, minor = schema_version(schema)
+    return _python_json_bytes if minor == 0 else _jcs_bytes
+
+
 def manifest_digest(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest without DIGEST_KEY, as sorted-key compact UTF-8 JSON."""
+    """sha256 (lowercase hex) of the manifest without DIGEST_KEY, serialised as its schema says.
+
+    For schema 1.1 and later: sha256 over the RFC 8785 bytes. Raises BundleError for a missing or unknown
+    schema, and rfc8785.CanonicalizationError (a ValueError) for a value RFC 8785 cannot represent: NaN or
+    an infinity, an integer beyond +-(2**53 - 1), a string that is not valid Unicode.
+    """
+    serialise = digest_serialisation(_get(manifest, "schema", str))
     body = {key: value for key, value in manifest.items() if key != DIGEST_KEY}
-    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(serialise(body)).hexdigest()
 
 
 def _check_digest(manifest: dict[str, Any]) -> None:
-    if DIGEST_KEY in manifest and manifest[DIGEST_KEY] != manifest_digest(manifest):
+    if DIGEST_KEY not in manifest:
+        return
+    try:
+        digest = manifest_digest(manifest)
+    except (ValueError, RecursionError) as err:  # rfc8785.CanonicalizationError is a ValueError
+        raise _fail(
+            f"'{DIGEST_KEY}' cannot be checked: the manifest holds a value its canonical form cannot hold "
+            f"(RFC 8785 allows no NaN, infinity, integer beyond 2**53 - 1 or invalid Unicode): {err}"
+        ) from None
+    if manifest[DIGEST_KEY] != digest:
         raise _fail(f"'{DIGEST_KEY}' does not match the manifest's content (modified after it was written?)")
 
 
 def check_schema(manifest: dict[str, Any]) -> None:
-    schema = _get(manifest, "schema", str)
-    match = _SCHEMA_RE.fullmatch(schema)
-    if not match:
-        raise _fail(f"schema '{schema:.80}' is not an edgepack bundle schema (expected '{SCHEMA}')")
-    if int(match.group(1)) != SCHEMA_MAJOR:
-        raise _fail(
-            f"unknown major schema version {match.group(1)} ('{schema}'): this runtime reads '{SCHEMA}'; "
-            "install the edgepack-runtime that matches the edgepack that built the bundle, or rebuild it"
-        )
+    schema_version(_get(manifest, "schema", str))
 
 
 def is_unsafe_name(name: str) -> bool:
@@ -167,28 +248,62 @@ def _inputs(manifest: dict[str, Any]) -> tuple[TensorSpec, ...]:
     return inputs
 
 
-def _output(manifest: dict[str, Any], num_labels: int) -> TensorSpec:
-    outputs = [_tensor(e, "model.outputs") for e in _get(manifest, "model.outputs", list)]
-    logits = next((t for t in outputs if t.name == OUTPUT_NAME), None)
+def _outputs(manifest: dict[str, Any], num_labels: int) -> tuple[TensorSpec, dict[str, TensorSpec]]:
+    """The logits output, checked, and every output by name."""
+    outputs = {
+        t.name: t for t in (_tensor(e, "model.outputs") for e in _get(manifest, "model.outputs", list))
+    }
+    logits = outputs.get(OUTPUT_NAME)
     if logits is None:
-        raise _fail(f"model.outputs has no '{OUTPUT_NAME}' output (found {[t.name for t in outputs]})")
+        raise _fail(f"model.outputs has no '{OUTPUT_NAME}' output (found {list(outputs)})")
     if logits.type != "float32":
         raise _fail(f"output '{OUTPUT_NAME}' has type '{logits.type}'; expected float32")
     if logits.shape and isinstance(logits.shape[-1], int) and logits.shape[-1] != num_labels:
         raise _fail(
             f"output '{OUTPUT_NAME}' has {logits.shape[-1]} classes but model.num_labels is {num_labels}"
         )
-    return logits
+    return logits, outputs
 
 
-def _oos(manifest: dict[str, Any]) -> tuple[str | None, float | None]:
-    if manifest.get("oos") is None:
-        return None, None
+def _oos(manifest: dict[str, Any], outputs: dict[str, TensorSpec]) -> OosRule | None:
+    """The out-of-scope rule, checked against the graph's outputs: a score output the rule does not name, or
+    a rule naming an output the graph lacks, is refused, naming both."""
+    rule = manifest.get("oos")
+    named = rule.get("output") if isinstance(rule, dict) else None
+    unused = sorted(set(outputs) - {OUTPUT_NAME, named})
+    if unused:
+        raise _fail(
+            f"model.outputs lists {unused}, which 'oos' does not name (oos.output is {named!r}): "
+            "the score would be computed and ignored"
+        )
+    if rule is None:
+        return None
     label = _get(manifest, "oos.label", str)
     threshold = float(_get(manifest, "oos.threshold", (int, float)))
-    if not label or not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
-        raise _fail(f"'oos' needs a non-empty label and a threshold in [0, 1], got {manifest['oos']!r:.80}")
-    return label, threshold
+    output = rule.get("output")
+    method = rule.get("method", "max_probability")
+    direction = rule.get("direction", "below")
+    if not label or not math.isfinite(threshold) or not isinstance(method, str):
+        raise _fail(f"'oos' needs a non-empty label, a finite threshold and a method, got {rule!r:.120}")
+    if direction not in ("above", "below"):
+        raise _fail(f"oos.direction must be 'above' or 'below', got {direction!r:.40}")
+    if output is None:
+        if method != "max_probability" or direction != "below" or not 0.0 <= threshold <= 1.0:
+            raise _fail(
+                "'oos' without an output must be the top-probability rule (method 'max_probability', "
+                f"direction 'below', threshold in [0, 1]), got {rule!r:.120}"
+            )
+    else:
+        score = outputs.get(output) if isinstance(output, str) else None
+        if score is None:
+            raise _fail(
+                f"oos.output is {output!r:.40}, but model.outputs has no such output (found {list(outputs)})"
+            )
+        if score.type != "float32" or len(score.shape) != 1:
+            raise _fail(
+                f"output '{output}' (oos.output) must be float32 with one value per text, got {score}"
+            )
+    return OosRule(label, threshold, method, output, direction)
 
 
 def parse_manifest(raw: bytes) -> tuple[dict[str, Any], Spec]:
@@ -199,8 +314,8 @@ def parse_manifest(raw: bytes) -> tuple[dict[str, Any], Spec]:
         raise _fail(f"not valid UTF-8 JSON ({err})") from None
     if not isinstance(manifest, dict):
         raise _fail(f"must be a JSON object, got {type(manifest).__name__}")
+    check_schema(manifest)  # first: the schema says how the digest is computed
     _check_digest(manifest)
-    check_schema(manifest)
     name = _get(manifest, "name", str)
     num_labels = _positive(manifest, "model.num_labels")
     max_length = _positive(manifest, "model.max_length", 2)
@@ -213,19 +328,18 @@ def parse_manifest(raw: bytes) -> tuple[dict[str, Any], Spec]:
     features = _get(manifest, "target.cpu_features", list)
     if not all(isinstance(f, str) for f in features):
         raise _fail(f"target.cpu_features must be a list of strings, got {features!r:.80}")
-    oos_label, oos_threshold = _oos(manifest)
+    logits, outputs = _outputs(manifest, num_labels)
     spec = Spec(
         name=name,
         files=_files(manifest),
         inputs=_inputs(manifest),
-        output=_output(manifest, num_labels),
+        output=logits,
         num_labels=num_labels,
         max_length=max_length,
         vocab_size=_positive(manifest, "model.vocab_size"),
         max_position_embeddings=max_positions,
         target_name=_get(manifest, "target.name", str),
         cpu_features=tuple(features),
-        oos_label=oos_label,
-        oos_threshold=oos_threshold,
+        oos=_oos(manifest, outputs),
     )
     return manifest, spec

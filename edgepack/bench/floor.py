@@ -79,11 +79,9 @@ class GraphProfile:
 
 def _session(model: bytes, threads: int, profile_prefix: str | None = None) -> Any:
     import onnxruntime as ort
+    from edgepack_runtime.classifier import session_options
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options = session_options(threads)
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -172,9 +170,10 @@ def kernel_macs(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> t
 
 
 def _feeds(manifest: dict[str, Any], ids: list[int]) -> dict[str, np.ndarray]:
-    row = np.array([ids], dtype=np.int64)
-    values = {"input_ids": row, "attention_mask": np.ones_like(row), "token_type_ids": np.zeros_like(row)}
-    return {item["name"]: values[item["name"]].astype(item["type"]) for item in manifest["model"]["inputs"]}
+    """The graph's inputs for one query, as the runtime feeds them (types from the manifest's model.inputs)."""
+    from edgepack_runtime.classifier import feeds
+
+    return feeds([ids], {item["name"]: item["type"] for item in manifest["model"]["inputs"]})
 
 
 def _kernel_events(profile: Path) -> list[list[dict[str, Any]]]:

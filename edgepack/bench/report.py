@@ -1,4 +1,5 @@
-"""What `edgepack bench` shows: the terminal tables and the plot, both drawn from the JSON report alone."""
+"""What `edgepack bench` shows: the terminal tables and the plot, both drawn from the JSON report alone
+(edgepack.bench.measure documents its keys)."""
 
 from __future__ import annotations
 

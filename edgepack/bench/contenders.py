@@ -1,0 +1,312 @@
+"""What `edgepack bench` measures: each contender is a label for one text, labels and probabilities for a
+batch, and what it weighs.
+
+Contenders (in this order):
+  teacher   the fine-tuned model through a transformers `pipeline("text-classification")` in PyTorch
+            (torch.set_num_threads(threads)), truncating at the first bundle's max_length; its out-of-scope
+            threshold is chosen on the validation data (as the build chose the bundles'), when there is some.
+            By default the first bundle's own teacher, when its build's cache still holds it (bundle_teacher)
+  peer      the first bundle's model.onnx through Optimum's ORTModelForSequenceClassification in a transformers
+            pipeline (ORT intra-op threads); the bundle's out-of-scope threshold applies to its scores
+  bundle    each bundle through edgepack_runtime.Classifier (ORT intra-op threads); the out-of-scope threshold
+            the bundle ships applies
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Contender:
+    """One thing to measure: a label for one text, labels for a batch, and what it weighs."""
+
+    name: str
+    kind: str
+    path: Path
+    predict: Callable[[str], str]
+    predict_batch: Callable[[list[str], int], list[str]]
+    proba_batch: Callable[[list[str], int], np.ndarray]  # [texts, labels] probabilities, in `labels` order
+    size: dict[str, int | None]
+    labels: list[str]
+    oos_label: str | None = None
+    threshold: float | None = None  # out-of-scope threshold on the top probability
+    threshold_source: str | None = None
+    highlight: bool = False
+    manifest: dict[str, Any] = field(default_factory=dict)  # bundles only
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+
+class InvalidBundle(Exception):
+    """A bundle argument that edgepack_runtime refuses; the message names the bundle and the problem."""
+
+
+class SkipContender(Exception):
+    """A contender that cannot run here (not installed, not found); the message is the one-line reason."""
+
+
+def bundle_contender(path: Path, threads: int, name: str) -> Contender:
+    """A bundle through edgepack_runtime (raises BundleError when it is not a valid bundle)."""
+    from edgepack_runtime import Classifier
+    from edgepack_runtime.bench import disk_size
+
+    clf = Classifier.load(path, threads=threads)
+    sizes = disk_size(clf)
+    return Contender(
+        name=name,
+        kind="bundle",
+        path=clf.path,
+        predict=lambda text: clf.predict(text, top_k=1).label,
+        predict_batch=lambda texts, bs: [p.label for p in clf.predict_batch(texts, batch_size=bs, top_k=1)],
+        proba_batch=lambda texts, bs: clf.predict_proba(texts, batch_size=bs),
+        size={"bytes": sizes["model_bytes"], "total_bytes": sizes["total_bytes"]},
+        labels=clf.labels,
+        oos_label=clf.oos_label or _oos_of(clf.labels),
+        threshold=clf.oos_threshold,
+        threshold_source="bundle" if clf.oos_threshold is not None else None,
+        manifest=clf.manifest,
+    )
+
+
+def _pipeline_calls(
+    classify: Any, max_length: int, labels: list[str]
+) -> tuple[Callable[[str], str], Callable[..., list[str]], Callable[..., np.ndarray]]:
+    """predict, predict_batch and proba_batch through a transformers text-classification pipeline."""
+    index = {label: i for i, label in enumerate(labels)}
+
+    def one(text: str) -> str:
+        return str(classify(text, truncation=True, max_length=max_length)[0]["label"])
+
+    def many(texts: list[str], batch_size: int) -> list[str]:
+        out = classify(texts, batch_size=batch_size, truncation=True, max_length=max_length)
+        return [str(row["label"]) for row in out]
+
+    def proba(texts: list[str], batch_size: int) -> np.ndarray:
+        out = classify(texts, batch_size=batch_size, truncation=True, max_length=max_length, top_k=None)
+        probs = np.zeros((len(texts), len(labels)), dtype=np.float32)
+        for row, scores in enumerate(out):
+            for item in scores:
+                probs[row, index[item["label"]]] = item["score"]
+        return probs
+
+    return one, many, proba
+
+
+def _oos_of(labels: list[str]) -> str | None:
+    return "oos" if "oos" in labels else None
+
+
+def bundle_teacher(bundle: Path, root: Path | None = None) -> tuple[Path | None, bool]:
+    """(the model folder of the teacher the bundle's build fine-tuned and cached, whether the cache still holds
+    it complete): `<cache_dir>/teacher-<key>/model` from the manifest's teacher.cache_key and
+    recipe.cache_dir, a relative cache_dir taken from `root` (default: the working folder, as the build took
+    it). (None, False) when the manifest names no cached teacher or cannot be read."""
+    from edgepack_runtime.manifest import MANIFEST
+
+    from edgepack.cache import Cache
+
+    try:
+        manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
+        key, cache_dir = manifest["teacher"]["cache_key"], manifest["recipe"]["cache_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, False
+    if not isinstance(key, str) or not key or not isinstance(cache_dir, str):
+        return None, False
+    root_dir = Path(cache_dir) if Path(cache_dir).is_absolute() else (root or Path.cwd()) / cache_dir
+    cache = Cache(root_dir)
+    folder = cache.folder("teacher", key)
+    model = folder / "model"  # absent when the teacher came fine-tuned (the build then cached only logits)
+    return model, cache.is_complete(folder) and model.is_dir()
+
+
+def teacher_contender(
+    spec: str, threads: int, max_length: int, validation: Sequence[tuple[str, str]] | None = None
+) -> Contender:
+    """The teacher in PyTorch behind a transformers pipeline, with an out-of-scope threshold chosen on
+    `validation` when given. Raises SkipContender with the reason."""
+    from edgepack.errors import EdgepackError
+    from edgepack.models import finetuned_labels, load_tokenizer, resolve_model
+
+    try:
+        folder = resolve_model(spec)
+        labels = finetuned_labels(folder)
+    except EdgepackError as exc:
+        raise SkipContender(str(exc)) from None
+    if labels is None:
+        raise SkipContender(f"{folder} is not a fine-tuned classifier (its config names no labels)")
+    import torch
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    torch.set_num_threads(threads)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
+    classify = pipeline("text-classification", model=model, tokenizer=load_tokenizer(folder), device="cpu")
+    files = list(folder.glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in files) or sum(
+        t.numel() * t.element_size() for t in model.state_dict().values()
+    )
+    teacher = Contender(
+        "teacher",
+        "teacher",
+        folder,
+        *_pipeline_calls(classify, max_length, labels),
+        size={"bytes": size, "total_bytes": None},
+        labels=labels,
+        oos_label=_oos_of(labels),
+    )
+    if validation and teacher.oos_label is not None:
+        teacher.threshold = validation_threshold(teacher, validation)
+        teacher.threshold_source = "validation"
+    return teacher
+
+
+def validation_threshold(c: Contender, validation: Sequence[tuple[str, str]], batch_size: int = 64) -> float:
+    """The out-of-scope threshold that maximises accuracy on `validation`, as the build chooses a bundle's."""
+    from edgepack.metrics import choose_threshold
+
+    assert c.oos_label is not None
+    probs = c.proba_batch([text for text, _ in validation], batch_size)
+    index = {label: i for i, label in enumerate(c.labels)}
+    gold = np.array([index.get(label, -1) for _, label in validation])
+    return choose_threshold(probs, gold, index[c.oos_label])[0]
+
+
+def pipeline_folder(
+    bundle: Path, manifest: dict[str, Any], labels: list[str], model_type: str, folder: Path
+) -> None:
+    """A folder Optimum and transformers can load: the bundle's graph and tokenizer plus config files."""
+    from tokenizers import Tokenizer
+
+    shutil.copyfile(bundle / "model.onnx", folder / "model.onnx")
+    shutil.copyfile(bundle / "tokenizer.json", folder / "tokenizer.json")
+    model = manifest["model"]
+    config = {
+        "model_type": model_type,
+        "architectures": ["BertForSequenceClassification"],
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "vocab_size": model["vocab_size"],
+        "max_position_embeddings": model["max_position_embeddings"],
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    vocab = Tokenizer.from_file(str(bundle / "tokenizer.json")).get_vocab()
+    roles = (("cls", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]"), ("unk", "[UNK]"), ("mask", "[MASK]"))
+    specials = {f"{role}_token": token for role, token in roles if token in vocab}
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model["max_length"]}
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**tokenizer_config, **specials}), encoding="utf-8"
+    )
+
+
+def optimum_pipeline(folder: Path, threads: int) -> Any:
+    """A transformers text-classification pipeline around Optimum's ORTModelForSequenceClassification for the
+    model.onnx in `folder` (see pipeline_folder), on `threads` intra-op threads."""
+    from edgepack_runtime.classifier import session_options
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    model = ORTModelForSequenceClassification.from_pretrained(
+        folder,
+        file_name="model.onnx",
+        provider="CPUExecutionProvider",
+        session_options=session_options(threads),
+    )
+    return pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(folder))
+
+
+def optimum_contender(bundle: Contender, threads: int) -> Contender:
+    """The bundle's graph through Optimum + a transformers pipeline. Raises SkipContender with the reason."""
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise SkipContender(f"optimum's onnxruntime support is not installed ({exc})") from None
+    manifest = bundle.manifest
+    tmp = Path(tempfile.mkdtemp(prefix="edgepack-bench-"))
+    try:
+        model_type = manifest["model"].get("architecture") or "bert"
+        pipeline_folder(bundle.path, manifest, bundle.labels, model_type, tmp)
+        classify = optimum_pipeline(tmp, threads)
+    except Exception as exc:  # optimum and transformers raise many types; any of them means "skip"
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SkipContender(f"Optimum cannot load {bundle.path / 'model.onnx'}: {_one_line(exc)}") from None
+    peer = Contender(
+        f"{bundle.name} (optimum)",
+        "peer",
+        bundle.path / "model.onnx",
+        *_pipeline_calls(classify, manifest["model"]["max_length"], bundle.labels),
+        size={"bytes": bundle.size["bytes"], "total_bytes": None},
+        labels=bundle.labels,
+        oos_label=bundle.oos_label,
+        threshold=bundle.threshold,
+        threshold_source=bundle.threshold_source,
+    )
+    peer.cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    return peer
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def _bundle_names(bundles: Sequence[Path]) -> list[str]:
+    """Folder names, made unique (the same bundle twice gets '#2')."""
+    names: list[str] = []
+    for i, path in enumerate(bundles):
+        name = path.resolve().name
+        names.append(name if name not in names else f"{name}#{i + 1}")
+    return names
+
+
+def load_contenders(
+    bundles: Sequence[Path],
+    teacher: str | None,
+    peer: str | None,
+    validation: Sequence[tuple[str, str]] | None,
+    threads: int,
+    contenders: list[Contender],
+    skipped: list[dict[str, str]],
+    log: Log = lambda message: None,
+) -> None:
+    """Append teacher, peer and bundles to `contenders` (in that order; the first bundle highlighted and run
+    by the peer). A teacher or peer that cannot run here goes to `skipped` with its one-line reason; a bundle
+    that is not valid raises InvalidBundle."""
+    from edgepack_runtime import BundleError
+
+    loaded = []
+    for path, name in zip(bundles, _bundle_names(bundles), strict=True):
+        log(f"loading bundle {path} ...")
+        try:
+            loaded.append(bundle_contender(path, threads, name))
+        except BundleError as exc:
+            raise InvalidBundle(f"{path} is not a valid bundle: {exc}") from None
+    loaded[0].highlight = True
+    if teacher is not None:
+        log(
+            f"loading teacher {teacher}"
+            + " (and choosing its threshold on validation data)" * bool(validation)
+        )
+        try:
+            max_length = loaded[0].manifest["model"]["max_length"]
+            contenders.append(teacher_contender(teacher, threads, max_length, validation))
+        except SkipContender as exc:
+            skipped.append({"contender": "teacher", "reason": str(exc)})
+            log(f"skipping the teacher: {exc}")
+    if peer == "optimum":
+        log("loading the Optimum peer ...")
+        try:
+            contenders.append(optimum_contender(loaded[0], threads))
+        except SkipContender as exc:
+            skipped.append({"contender": "peer", "reason": str(exc)})
+            log(f"skipping the peer: {exc}")
+    contenders.extend(loaded)
