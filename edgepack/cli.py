@@ -174,8 +174,9 @@ def _bench_data(data: Path | None) -> tuple[Path | None, list[tuple[str, str]] |
 
 
 def _validation_data(validation: Path | None, source: Path | None) -> list[tuple[str, str]] | None:
-    """Texts to choose the teacher's out-of-scope threshold on: --validation, else the validation split of
-    CLINC --data; none for a single-split --data file (the teacher is then compared by argmax)."""
+    """Texts to choose the teacher's out-of-scope threshold on and to draw the trade-off curves on:
+    --validation, else the validation split of CLINC --data; none for a single-split --data file (the teacher
+    is then compared by argmax)."""
     if validation is not None:
         return _labeled(validation, "validation", "--validation")
     if source is not None and (source.is_dir() or source.suffix.lower() == ".json"):
@@ -228,7 +229,8 @@ def _bundle_teacher(bundle: Path) -> str | None:
     "--validation",
     type=click.Path(path_type=Path),
     default=None,
-    help="Labeled data to choose the teacher's out-of-scope threshold on [default: CLINC --data's validation split].",
+    help="Labeled data to choose the teacher's out-of-scope threshold on, and to draw the out-of-scope "
+    "trade-off on [default: CLINC --data's validation split].",
 )
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads, all alike."
@@ -303,7 +305,7 @@ def bench(
     say = lambda message: click.echo(message, err=True)  # noqa: E731
     if teacher is None and not no_teacher:
         teacher = _bundle_teacher(bundles[0])
-    validation_pairs = _validation_data(validation, source) if teacher is not None else None
+    validation_pairs = _validation_data(validation, source)
     contenders: list[lib.Contender] = []
     skipped: list[dict[str, str]] = []
     try:
@@ -327,6 +329,7 @@ def bench(
             data=source,
             skipped=skipped,
             rates=rates,
+            validation=validation_pairs,
             log=say,
         )
     except (EdgepackError, BundleError, ValueError, RuntimeError, OSError) as exc:

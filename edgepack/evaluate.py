@@ -1,11 +1,11 @@
 """Evaluate stage: accuracy of the artifact that ships, measured through `edgepack_runtime` on the staged
-bundle, beside the teacher's on the same split; the out-of-scope threshold is chosen on validation only.
+bundle, beside the teacher's on the same split. The out-of-scope rule it applies was chosen on validation
+only, by the oos stage, and ships inside the bundle.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,56 +20,36 @@ from edgepack.recipe import EvaluateConfig
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EvaluateResult:
-    oos: dict[str, Any] | None  # {"label", "threshold"} for the manifest
-    record: dict[str, Any]
-
-
-def _threshold(
-    config: EvaluateConfig, probs: np.ndarray, gold: np.ndarray, oos_id: int | None
-) -> float | None:
-    if oos_id is None or config.oos_threshold is None:
-        return None
-    if config.oos_threshold == "auto":
-        return metrics.choose_threshold(probs, gold, oos_id)[0]
-    return float(config.oos_threshold)
-
-
 def run(
     bundle_dir: Path,
     splits: LabelledSplits,
     teacher_metrics: dict[str, Any],
     config: EvaluateConfig,
     threads: int | None,
-) -> EvaluateResult:
+) -> dict[str, Any]:
+    """The staged bundle's figures, as the runtime answers (its out-of-scope rule applied) and by argmax."""
     clf = Classifier.load(bundle_dir, threads=threads or 0)
     if clf.labels != splits.labels:
         raise StageError("evaluate: the bundle's labels.json does not match the data's label map.")
     oos_id = splits.oos_id()
-    probs = {
-        s: clf.predict_proba(splits.texts[s], batch_size=config.batch_size) for s in ("validation", "test")
-    }
-    gold = {s: splits.label_ids[s] for s in probs}
-    threshold = _threshold(config, probs["validation"], gold["validation"], oos_id)
+    index = {label: i for i, label in enumerate(clf.labels)}
     record: dict[str, Any] = {
         "measured_on": "final bundle via edgepack_runtime",
-        "test": metrics.scores(metrics.predictions(probs["test"], None, None), gold["test"], oos_id),
-        "validation": metrics.scores(
-            metrics.predictions(probs["validation"], None, None), gold["validation"], oos_id
-        ),
         "teacher": teacher_metrics,
-        "test_size": len(gold["test"]),
+        "test_size": len(splits.texts["test"]),
     }
-    oos = None
-    if threshold is not None:
-        oos = {"label": splits.oos_label, "threshold": threshold}
-        record["oos_threshold"] = threshold
-        record["test_thresholded"] = metrics.scores(
-            metrics.predictions(probs["test"], oos_id, threshold), gold["test"], oos_id
-        )
+    for split in ("validation", "test"):
+        predictions = clf.predict_batch(splits.texts[split], batch_size=config.batch_size, top_k=1)
+        gold = splits.label_ids[split]
+        argmax = np.array([index[p.top_k[0][0]] for p in predictions])
+        record[split] = metrics.scores(argmax, gold, oos_id)
+        if clf.oos_label is not None:
+            answered = np.array([index[p.label] for p in predictions])
+            record[f"{split}_thresholded"] = metrics.scores(answered, gold, oos_id)
+    if clf.oos_label is not None:
+        record["oos_threshold"] = clf.oos_threshold
     log.info("evaluate: test %s", record.get("test_thresholded", record["test"]))
-    return EvaluateResult(oos, record)
+    return record
 
 
 def confirm_shipped_predictions(

@@ -1,4 +1,5 @@
-"""The build pipeline: data -> teacher -> distill -> prune -> export -> optimize -> quantize -> package -> evaluate.
+"""The build pipeline: data -> teacher -> distill -> prune -> export -> optimize -> quantize -> oos -> package
+-> evaluate.
 
 Each stage is one call that returns its outputs and a record; the records become the bundle's manifest. The
 package stage writes the bundle into a staging folder beside its destination; the evaluate stage measures that
@@ -26,6 +27,7 @@ from edgepack import (
     distill,
     evaluate,
     export,
+    oos,
     optimize,
     package,
     prune,
@@ -46,6 +48,7 @@ STAGES = (
     "export",
     "optimize",
     "quantize",
+    "oos",
     "package",
     "evaluate",
 )
@@ -121,7 +124,7 @@ def _manifest(
         "files": files,
         "model": model,
         "target": {"name": target.name, "cpu_features": list(target.cpu_features), "note": target.note},
-        "oos": None,
+        "oos": None,  # set by build() from the oos stage
         "data": splits.record,
         "recipe": recipe.to_dict(),
         "versions": _versions(),
@@ -166,11 +169,22 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                 max_length,
                 work / "model-int8.onnx",
             )
+        with timer.stage("oos"):
+            scored = oos.run(
+                quantized.onnx_path,
+                optimized.onnx_path,
+                recipe.evaluate.oos_method,
+                recipe.evaluate.oos_threshold,
+                exported.tokenizer,
+                splits,
+                max_length,
+                work / "model.onnx",
+            )
         with package.staged_bundle(destination) as staging:
             with timer.stage("package"):
                 tokenizer_json = package.bundle_tokenizer_json(exported.tokenizer, max_length)
-                files = package.write_files(staging, quantized.onnx_path, tokenizer_json, splits.labels)
-                manifest = _manifest(recipe, started, files, quantized.onnx_path, exported.model, splits)
+                files = package.write_files(staging, scored.onnx_path, tokenizer_json, splits.labels)
+                manifest = _manifest(recipe, started, files, scored.onnx_path, exported.model, splits)
                 manifest |= {
                     "teacher": taught.record,
                     "distillation": student.record,
@@ -178,21 +192,22 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                     "export": exported.record,
                     "optimization": optimized.record,
                     "quantization": quantized.record,
+                    "oos": scored.oos,
+                    "oos_detection": scored.record,
                 }
                 package.write_manifest(staging, manifest)
             with timer.stage("evaluate"):
                 measured = evaluate.run(
                     staging, splits, taught.record["metrics"], recipe.evaluate, recipe.threads
                 )
-                manifest["oos"] = measured.oos
-                manifest["metrics"] = measured.record | {
+                manifest["metrics"] = measured | {
                     "bundle_bytes": sum(f["size"] for f in files.values()),
                     "model_onnx_bytes": files["model.onnx"]["size"],
                     "fp32_vs_int8_validation": quantized.record["fp32_vs_int8_validation"],
                     "student_fp32_graph": quantized.fp32_metrics,
                 }
                 package.write_manifest(staging, manifest)
-                shipped = measured.record.get("test_thresholded", measured.record["test"])["accuracy"]
+                shipped = measured.get("test_thresholded", measured["test"])["accuracy"]
                 evaluate.confirm_shipped_predictions(staging, splits, shipped, recipe.evaluate.batch_size)
             manifest["build_seconds"] = timer.seconds | {"total": _elapsed(started)}
             package.write_manifest(staging, manifest)

@@ -240,18 +240,50 @@ class OptimizeConfig:
     require_fusions: bool = True  # stop the build when attention / layer norm / GELU fusion did not happen
 
 
+# The out-of-scope scores edgepack.oos can build into a bundle's graph.
+OOS_METHODS = ("max_probability", "max_logit", "energy", "mahalanobis", "centroid_cosine")
+
+
 @dataclass
 class EvaluateConfig:
+    """How the bundle tells out-of-scope texts (edgepack.oos), and how its accuracy is measured.
+
+    oos_method: "auto" (the best on validation) or one of max_probability, max_logit, energy, mahalanobis,
+    centroid_cosine. oos_threshold: "reject:Q" (reject a share Q of the in-scope validation texts; needs no
+    out-of-scope examples), "auto" (maximise the mean of in-scope accuracy and out-of-scope recall on
+    validation), "accuracy" (maximise validation accuracy), a number on the method's score, or "none".
+    """
+
     batch_size: int = 64
-    oos_threshold: str | float | None = (
-        "auto"  # "auto": chosen on validation; a number; or none (no rejection)
-    )
+    oos_method: str = "auto"
+    oos_threshold: str | float | None = "reject:0.02"
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "evaluate", "batch_size", self.batch_size, "an integer >= 1")
+        methods = ("auto", "max_probability", "max_logit", "energy", "mahalanobis", "centroid_cosine")
+        check(
+            self.oos_method in methods, "evaluate", "oos_method", self.oos_method, f"one of {list(methods)}"
+        )
         t = self.oos_threshold
-        ok = t is None or t == "auto" or (isinstance(t, int | float) and 0 <= t <= 1)
-        check(ok, "evaluate", "oos_threshold", t, '"auto", a probability in [0, 1], or "none"')
+        ok = (
+            t is None
+            or t in ("auto", "accuracy")
+            or isinstance(t, int | float)
+            or _reject_share(t) is not None
+        )
+        expected = '"reject:Q" with Q in (0, 1), "auto", "accuracy", a number, or "none"'
+        check(ok, "evaluate", "oos_threshold", t, expected)
+
+
+def _reject_share(rule: object) -> float | None:
+    """Q of a "reject:Q" rule, when it is one with 0 < Q < 1."""
+    if not isinstance(rule, str) or not rule.startswith("reject:"):
+        return None
+    try:
+        share = float(rule.removeprefix("reject:"))
+    except ValueError:
+        return None
+    return share if 0 < share < 1 else None
 
 
 @dataclass

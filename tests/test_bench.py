@@ -36,6 +36,8 @@ ROW_KEYS = {
 LATENCY_KEYS = {"runs", "warmup", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms"}
 ACCURACY_KEYS = {
     "texts",
+    "oos_method",
+    "tradeoff",
     "accuracy",
     "argmax_accuracy",
     "in_scope_accuracy",
@@ -99,6 +101,7 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
     assert [r["kind"] for r in rows] == ["teacher", "peer", "bundle", "bundle"]
     assert rows[2]["name"] != rows[3]["name"], "the same bundle twice gets two names"
     assert [r["highlight"] for r in rows] == [False, False, True, False]
+    bundle_method = rows[2]["accuracy"]["oos_method"]
     for row in rows:
         assert set(row) == ROW_KEYS
         lat = row["latency"]
@@ -115,12 +118,31 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
             "accuracy_delta",
             "accuracy_basis",
         }
-        assert row["vs_teacher"]["accuracy_basis"] == "threshold"
+        shares_rule = row["kind"] != "peer" or bundle_method == "max_probability"
+        assert row["vs_teacher"]["accuracy_basis"] == ("threshold" if shares_rule else "argmax")
         assert (row["floor"] is None) == (row["kind"] != "bundle")
+        curves = acc["tradeoff"]
+        assert set(curves) == {"test", "validation"}, "CLINC-format data: validation curves too"
+        for curve in curves.values():
+            assert len(curve["in_scope_accuracy"]) == len(curve["oos_recall"]) == 43
+            assert curve["in_scope_accuracy"][0] >= curve["in_scope_accuracy"][-1] == 0.0
+            assert curve["oos_recall"][0] <= curve["oos_recall"][-1] == 1.0
+            assert (curve["shipped"] is None) == (acc["threshold"] is None)
     teacher_row, peer_row, bundle_row = rows[0], rows[1], rows[2]
     assert teacher_row["accuracy"]["threshold_source"] == "validation"
     assert bundle_row["accuracy"]["threshold_source"] == "bundle"
-    assert peer_row["accuracy"]["threshold"] == bundle_row["accuracy"]["threshold"]
+    # The peer's pipeline returns probabilities only: it shares the bundle's threshold when the bundle's rule
+    # is the top probability, and answers by argmax when the bundle's graph computes its own score.
+    if bundle_row["accuracy"]["oos_method"] == "max_probability":
+        assert peer_row["accuracy"]["threshold"] == bundle_row["accuracy"]["threshold"]
+    else:
+        assert peer_row["accuracy"]["threshold"] is None
+        assert peer_row["accuracy"]["accuracy"] == peer_row["accuracy"]["argmax_accuracy"]
+    test_curve = bundle_row["accuracy"]["tradeoff"]["test"]
+    assert test_curve["shipped"] == [
+        bundle_row["accuracy"]["in_scope_accuracy"],
+        bundle_row["accuracy"]["oos_recall"],
+    ]
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert bundle_row["accuracy"]["accuracy"] == pytest.approx(
         manifest["metrics"]["test_thresholded"]["accuracy"]
@@ -168,7 +190,11 @@ def test_floor_counts_the_graphs_multiply_accumulates(built: tuple[Path, Path]) 
     layer = seq * hidden * 3 * hidden + seq * hidden * hidden + 2 * seq * hidden * ffn
     pooler_and_classifier = hidden * hidden + hidden * labels
     assert profile[seq].int8_macs == layer + pooler_and_classifier
-    assert profile[seq].fp32_macs == seq * seq * 2 * hidden  # attention scores and context, in float
+    # The out-of-scope score's product runs in float after the INT8 graph: features x a table, per text.
+    oos_table = {"mahalanobis": hidden * hidden, "centroid_cosine": hidden * (labels - 1)}
+    oos_macs = oos_table.get(manifest["oos"]["method"], 0)
+    # Attention scores and context, in float
+    assert profile[seq].fp32_macs == seq * seq * 2 * hidden + oos_macs
     assert profile[seq].int8_gemm_ms > 0 and profile[seq].other_ms > 0
 
 

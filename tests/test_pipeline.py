@@ -9,7 +9,7 @@ import pytest
 from edgepack_runtime import Classifier
 from edgepack_runtime.bundle import verify_bundle
 
-from edgepack import evaluate, package
+from edgepack import evaluate, oos, package
 from edgepack.errors import EdgepackError
 from edgepack.pipeline import STAGES, build
 from edgepack.recipe import load_recipe
@@ -99,6 +99,28 @@ def test_bundle_runs_through_the_runtime(built: Path) -> None:
     assert sorted(clf.labels) == ["alarm", "balance", "oos", "transfer", "weather"]
     pred = clf.predict("what is my account balance")
     assert pred.label in clf.labels and 0 < pred.score <= 1
+
+
+def test_the_out_of_scope_rule_ships_inside_the_graph(built: Path) -> None:
+    m = json.loads((built / "manifest.json").read_text())
+    rule, record = m["oos"], m["oos_detection"]
+    assert rule["output"] == "oos_score" and rule["label"] == "oos" and rule["rule"] == "reject:0.02"
+    assert rule["method"] in oos.METHODS and rule["method"] == record["method"]
+    assert rule["direction"] == ("above" if rule["method"] in oos.ABOVE else "below")
+    assert set(record["validation"]) == set(oos.METHODS), "auto: every method was scored on validation"
+    best = max(record["validation"].values(), key=lambda v: v["balanced"])
+    assert record["validation"][rule["method"]] == best
+    assert record["graph_vs_numpy_max_rel_diff"] < 1e-5, "the graph computes the score the stage chose on"
+    assert 0 <= record["fp32_vs_int8_validation"]["decision_agreement"] <= 1
+    assert [o["name"] for o in m["model"]["outputs"]] == ["logits", "oos_score"]
+    clf = Classifier.load(built, threads=1)
+    assert clf.oos is not None and clf.oos.threshold == rule["threshold"]
+    for text in ("what is my account balance", "tell me a joke about penguins", ""):
+        pred = clf.predict(text)
+        assert pred.oos_score is not None
+        assert pred.rejected is bool(clf.oos.rejects(pred.oos_score)) and pred.rejected == (
+            pred.label == "oos"
+        )
 
 
 def test_second_build_reuses_the_cached_teacher(

@@ -121,3 +121,14 @@ def test_extends_takes_a_list_merged_in_order(tmp_path: Path) -> None:
     (tmp_path / "child.toml").write_text('extends = ["clinc", "budget"]\n[search]\ntrials = 3\n')
     recipe = load_recipe(str(tmp_path / "child.toml"))
     assert (recipe.teacher.epochs, recipe.search.trials, recipe.package.name) == (2, 3, "clinc-int8")
+
+
+def test_out_of_scope_rules_are_checked() -> None:
+    assert load_recipe("clinc").evaluate.oos_threshold == "reject:0.02"
+    for good in ("reject:0.05", "auto", "accuracy", 3.5, "none"):
+        load_recipe("clinc", {"evaluate.oos_threshold": good})
+    for bad in ("reject:1.5", "reject:x", "balanced-ish"):
+        with pytest.raises(RecipeError, match="oos_threshold .* is invalid.*reject:Q"):
+            load_recipe("clinc", {"evaluate.oos_threshold": bad})
+    with pytest.raises(RecipeError, match="oos_method = 'knn' is invalid"):
+        load_recipe("clinc", {"evaluate.oos_method": "knn"})

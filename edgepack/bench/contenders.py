@@ -7,9 +7,11 @@ Contenders (in this order):
             threshold is chosen on the validation data (as the build chose the bundles'), when there is some.
             By default the first bundle's own teacher, when its build's cache still holds it (bundle_teacher)
   peer      the first bundle's model.onnx through Optimum's ORTModelForSequenceClassification in a transformers
-            pipeline (ORT intra-op threads); the bundle's out-of-scope threshold applies to its scores
-  bundle    each bundle through edgepack_runtime.Classifier (ORT intra-op threads); the out-of-scope threshold
-            the bundle ships applies
+            pipeline (ORT intra-op threads); the bundle's out-of-scope threshold applies to its probabilities
+            when the bundle's rule is the top probability (a score the graph computes is not returned by the
+            pipeline: it then answers by argmax)
+  bundle    each bundle through edgepack_runtime.Classifier (ORT intra-op threads); the out-of-scope rule the
+            bundle ships applies (its graph's oos_score, or the top probability for older bundles)
 """
 
 from __future__ import annotations
@@ -36,12 +38,15 @@ class Contender:
     path: Path
     predict: Callable[[str], str]
     predict_batch: Callable[[list[str], int], list[str]]
-    proba_batch: Callable[[list[str], int], np.ndarray]  # [texts, labels] probabilities, in `labels` order
+    # Probabilities [texts, labels] (in `labels` order) and out-of-scope scores [texts] (the rule's score)
+    scored_batch: Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
     size: dict[str, int | None]
     labels: list[str]
     oos_label: str | None = None
-    threshold: float | None = None  # out-of-scope threshold on the top probability
+    threshold: float | None = None  # out-of-scope threshold on the score
     threshold_source: str | None = None
+    method: str = "max_probability"  # what the out-of-scope score is (a bundle's oos.method)
+    direction: str = "below"  # which side of the threshold is out of scope
     highlight: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)  # bundles only
     cleanup: list[Callable[[], None]] = field(default_factory=list)
@@ -68,20 +73,28 @@ def bundle_contender(path: Path, threads: int, name: str) -> Contender:
         path=clf.path,
         predict=lambda text: clf.predict(text, top_k=1).label,
         predict_batch=lambda texts, bs: [p.label for p in clf.predict_batch(texts, batch_size=bs, top_k=1)],
-        proba_batch=lambda texts, bs: clf.predict_proba(texts, batch_size=bs),
+        scored_batch=lambda texts, bs: _with_scores(*clf.predict_scores(texts, batch_size=bs)),
         size={"bytes": sizes["model_bytes"], "total_bytes": sizes["total_bytes"]},
         labels=clf.labels,
         oos_label=clf.oos_label or _oos_of(clf.labels),
         threshold=clf.oos_threshold,
         threshold_source="bundle" if clf.oos_threshold is not None else None,
+        method=clf.oos.method if clf.oos else "max_probability",
+        direction=clf.oos.direction if clf.oos else "below",
         manifest=clf.manifest,
     )
 
 
+def _with_scores(probs: np.ndarray, scores: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A bundle without an out-of-scope rule scores by the top probability, like the pipelines."""
+    return probs, probs.max(axis=1) if scores is None else scores
+
+
 def _pipeline_calls(
     classify: Any, max_length: int, labels: list[str]
-) -> tuple[Callable[[str], str], Callable[..., list[str]], Callable[..., np.ndarray]]:
-    """predict, predict_batch and proba_batch through a transformers text-classification pipeline."""
+) -> tuple[Callable[[str], str], Callable[..., list[str]], Callable[..., tuple[np.ndarray, np.ndarray]]]:
+    """predict, predict_batch and scored_batch (the top probability as the out-of-scope score) through a
+    transformers text-classification pipeline."""
     index = {label: i for i, label in enumerate(labels)}
 
     def one(text: str) -> str:
@@ -91,15 +104,15 @@ def _pipeline_calls(
         out = classify(texts, batch_size=batch_size, truncation=True, max_length=max_length)
         return [str(row["label"]) for row in out]
 
-    def proba(texts: list[str], batch_size: int) -> np.ndarray:
+    def scored(texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         out = classify(texts, batch_size=batch_size, truncation=True, max_length=max_length, top_k=None)
         probs = np.zeros((len(texts), len(labels)), dtype=np.float32)
         for row, scores in enumerate(out):
             for item in scores:
                 probs[row, index[item["label"]]] = item["score"]
-        return probs
+        return probs, probs.max(axis=1)
 
-    return one, many, proba
+    return one, many, scored
 
 
 def _oos_of(labels: list[str]) -> str | None:
@@ -174,7 +187,7 @@ def validation_threshold(c: Contender, validation: Sequence[tuple[str, str]], ba
     from edgepack.metrics import choose_threshold
 
     assert c.oos_label is not None
-    probs = c.proba_batch([text for text, _ in validation], batch_size)
+    probs, _ = c.scored_batch([text for text, _ in validation], batch_size)
     index = {label: i for i, label in enumerate(c.labels)}
     gold = np.array([index.get(label, -1) for _, label in validation])
     return choose_threshold(probs, gold, index[c.oos_label])[0]
@@ -247,8 +260,10 @@ def optimum_contender(bundle: Contender, threads: int) -> Contender:
         size={"bytes": bundle.size["bytes"], "total_bytes": None},
         labels=bundle.labels,
         oos_label=bundle.oos_label,
-        threshold=bundle.threshold,
-        threshold_source=bundle.threshold_source,
+        # The pipeline returns probabilities only: the bundle's threshold applies when its rule is the top
+        # probability; a score the graph computes (oos.output) is out of the pipeline's reach: argmax then.
+        threshold=bundle.threshold if bundle.method == "max_probability" else None,
+        threshold_source=bundle.threshold_source if bundle.method == "max_probability" else None,
     )
     peer.cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     return peer

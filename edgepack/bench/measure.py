@@ -35,9 +35,14 @@ JSON report (`--json FILE`), keys:
     throughput    {"batch_size", "texts", "seconds", "texts_per_s"}
     accuracy      null without data, else {"texts", "accuracy" (as the contender answers: with its threshold
                    when it has one), "argmax_accuracy", "in_scope_accuracy", "oos_recall" (both as answered;
-                   null without an oos label or without such texts), "oos_label", "threshold" (null: none),
-                   "threshold_source" ("bundle" | "validation" | null), "unknown_labels" (gold labels the
-                   contender does not know)}
+                   null without an oos label or without such texts), "oos_label", "oos_method" (what the
+                   out-of-scope score is: a bundle's oos.method, else "max_probability"), "threshold" (null:
+                   none), "threshold_source" ("bundle" | "validation" | null), "unknown_labels" (gold labels
+                   the contender does not know), "tradeoff" (null without both in-scope and out-of-scope texts,
+                   else {"test": curve, "validation": curve when --validation data is there}; a curve is
+                   {"in_scope_accuracy": [...], "oos_recall": [...]} at 43 thresholds from rejecting nothing to
+                   rejecting everything, and "shipped": [in-scope accuracy, oos recall] at the contender's own
+                   threshold, or null)}
     floor         bundles with a floor measured, else null: {"queries", "median_tokens", "floor_ms" (median over
                    the latency queries), "latency_over_floor" (p50_ms / floor_ms), "median_query": {"tokens",
                    "int8_macs", "fp32_macs", "floor_ms", "graph_ms" (InferenceSession.run alone, median), and
@@ -63,6 +68,7 @@ from typing import Any
 import numpy as np
 from edgepack_runtime.bench import batch_throughput, summarize
 from edgepack_runtime.cpu import describe as cpu_description
+from edgepack_runtime.metrics import scores
 
 from edgepack.bench.contenders import Contender, Log
 from edgepack.bench.floor import Rates, bundle_floor
@@ -124,15 +130,20 @@ def throughput(c: Contender, texts: Sequence[str], batch_size: int) -> dict[str,
     return batch_throughput(c.predict_batch, texts, batch_size, THROUGHPUT_TEXTS)
 
 
-def accuracy(c: Contender, pairs: Sequence[tuple[str, str]], batch_size: int) -> dict[str, Any]:
-    """Accuracy as the contender answers (its threshold applied) and by plain argmax."""
-    from edgepack.metrics import predictions, scores
-
-    probs = c.proba_batch([text for text, _ in pairs], batch_size)
+def accuracy(
+    c: Contender,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int,
+    validation: Sequence[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Accuracy as the contender answers (its out-of-scope rule applied) and by plain argmax; with an
+    out-of-scope label, how in-scope accuracy and out-of-scope recall trade as the threshold moves (on these
+    texts and on `validation`)."""
+    probs, oos_scores = c.scored_batch([text for text, _ in pairs], batch_size)
     index = {label: i for i, label in enumerate(c.labels)}
     gold = np.array([index.get(label, -1) for _, label in pairs])  # -1: a label the contender does not know
     oos_id = index.get(c.oos_label) if c.oos_label is not None else None
-    answered = scores(predictions(probs, oos_id, c.threshold), gold, oos_id)
+    answered = scores(_answers(c, probs, oos_scores, oos_id, c.threshold), gold, oos_id)
     result: dict[str, Any] = {
         "texts": len(pairs),
         "accuracy": answered["accuracy"],
@@ -140,9 +151,11 @@ def accuracy(c: Contender, pairs: Sequence[tuple[str, str]], batch_size: int) ->
         "in_scope_accuracy": None,
         "oos_recall": None,
         "oos_label": c.oos_label,
+        "oos_method": c.method,
         "threshold": c.threshold,
         "threshold_source": c.threshold_source,
         "unknown_labels": sorted({label for _, label in pairs if label not in index}),
+        "tradeoff": None,
     }
     if oos_id is not None:  # scores() gives 0.0 over no rows; this report says null (no such texts)
         in_scope = gold != oos_id
@@ -150,7 +163,48 @@ def accuracy(c: Contender, pairs: Sequence[tuple[str, str]], batch_size: int) ->
             result["in_scope_accuracy"] = answered["in_scope_accuracy"]
         if (~in_scope).any():
             result["oos_recall"] = answered["oos_recall"]
+        if in_scope.any() and (~in_scope).any():
+            curves = {"test": tradeoff(c, probs, oos_scores, gold, oos_id)}
+            if validation:
+                v_probs, v_scores = c.scored_batch([text for text, _ in validation], batch_size)
+                v_gold = np.array([index.get(label, -1) for _, label in validation])
+                curves["validation"] = tradeoff(c, v_probs, v_scores, v_gold, oos_id)
+            result["tradeoff"] = curves
     return result
+
+
+def _answers(
+    c: Contender, probs: np.ndarray, oos_scores: np.ndarray, oos_id: int | None, threshold: float | None
+) -> np.ndarray:
+    """Argmax ids, with the rows the contender's out-of-scope rule rejects at `threshold` set to oos_id."""
+    pred = probs.argmax(axis=1)
+    if oos_id is None or threshold is None:
+        return pred
+    rejected = oos_scores > threshold if c.direction == "above" else oos_scores < threshold
+    return np.where(rejected, oos_id, pred)
+
+
+def tradeoff(
+    c: Contender, probs: np.ndarray, oos_scores: np.ndarray, gold: np.ndarray, oos_id: int, points: int = 41
+) -> dict[str, Any]:
+    """In-scope accuracy and out-of-scope recall at thresholds from rejecting nothing to rejecting everything
+    (score quantiles), and at the contender's own threshold ("shipped", null without one)."""
+
+    def at(threshold: float | None) -> list[float]:
+        figures = scores(_answers(c, probs, oos_scores, oos_id, threshold), gold, oos_id)
+        return [figures["in_scope_accuracy"], figures["oos_recall"]]
+
+    spread = float(oos_scores.max() - oos_scores.min()) or 1.0
+    cuts = np.quantile(oos_scores, np.linspace(0, 1, points))
+    cuts = np.concatenate([[oos_scores.min() - spread], cuts, [oos_scores.max() + spread]])
+    if c.direction == "above":  # high scores are rejected: from rejecting nothing to rejecting everything
+        cuts = cuts[::-1]
+    curve = [at(float(t)) for t in cuts]
+    return {
+        "in_scope_accuracy": [p[0] for p in curve],
+        "oos_recall": [p[1] for p in curve],
+        "shipped": at(c.threshold) if c.threshold is not None else None,
+    }
 
 
 def versions() -> dict[str, str]:
@@ -204,10 +258,11 @@ def run(
     data: Path | None = None,
     skipped: Sequence[dict[str, str]] = (),
     rates: Rates | None = None,
+    validation: Sequence[tuple[str, str]] | None = None,
     log: Log = lambda message: None,
 ) -> dict[str, Any]:
     """Measure every contender (see the module docstring for the report's keys); with `rates`, each
-    bundle's physical floor too."""
+    bundle's physical floor too; with `validation`, the out-of-scope trade-off on it as well."""
     log(
         f"latency at batch 1: {len(contenders)} contenders x {runs} calls, interleaved {block} at a time, "
         f"{warmup} warm-up calls each"
@@ -230,7 +285,7 @@ def run(
         }
         if pairs:
             log(f"accuracy on {len(pairs)} texts: {c.name}")
-            row["accuracy"] = accuracy(c, pairs, batch_size)
+            row["accuracy"] = accuracy(c, pairs, batch_size, validation)
         if rates is not None and c.kind == "bundle":
             log(f"physical floor: profiling {c.name}'s graph on the latency queries")
             row["floor"] = bundle_floor(c.path, c.manifest, texts, rates, latencies[c.name]["p50_ms"])

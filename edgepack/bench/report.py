@@ -92,13 +92,20 @@ def format_table(report: dict[str, Any]) -> str:
     columns += ["accuracy", "argmax", "in-scope", "oos recall", "speed-up", "size x", "acc delta"]
     lines = [head, "", *_aligned([columns, *map(_contender_row, report["contenders"])]), ""]
     lines.append(
-        "* first bundle. accuracy: as answered, with the contender's out-of-scope threshold (bundles:"
+        "* first bundle. accuracy: as answered, with the contender's out-of-scope rule (bundles: shipped;"
     )
-    lines.append("  shipped; teacher: chosen on validation data; peer: the bundle's); argmax: without it.")
+    lines.append(
+        "  teacher: top probability, threshold chosen on validation data; peer: the bundle's, when it is"
+    )
+    lines.append("  the top probability, else argmax); argmax: without it.")
     lines.append("  speed-up: teacher p50 / p50; size x: bytes / teacher bytes; acc delta: vs the teacher,")
     lines.append("  both thresholded, or both argmax when either has no threshold.")
     for c in report["contenders"]:
         acc = c["accuracy"] or {}
+        if acc.get("threshold") is not None:
+            lines.append(
+                f"  {c['name']}: out-of-scope score {acc['oos_method']}, threshold {acc['threshold']:.4g}"
+            )
         if acc.get("unknown_labels"):
             lines.append(f"  {c['name']} does not know these gold labels: {', '.join(acc['unknown_labels'])}")
     lines += _floor_lines(report)
@@ -121,7 +128,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     with_accuracy = all(r["accuracy"] for r in rows)
     biggest = max(r["size"]["bytes"] for r in rows) or 1
     floor = next((r for r in rows if r.get("floor")), None)
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    with_tradeoff = any((r["accuracy"] or {}).get("tradeoff") for r in rows)
+    fig, axes = plt.subplots(1, 2 if with_tradeoff else 1, figsize=(16 if with_tradeoff else 9, 5.5))
+    ax = axes[0] if with_tradeoff else axes
     for i, r in enumerate(rows):
         x = r["latency"]["p50_ms"]
         y = r["accuracy"]["accuracy"] if with_accuracy else r["throughput"]["texts_per_s"]
@@ -151,15 +160,44 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.margins(x=0.15, y=0.15)
-    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    beside = {} if with_tradeoff else {"bbox_to_anchor": (1.01, 1.0)}  # inside when a panel is to the right
+    legend = ax.legend(loc="upper left", fontsize=8, frameon=False, **beside)
     for handle in legend.legend_handles:
-        handle.set_sizes([60])  # type: ignore[union-attr]
+        handle.set_sizes([60])
     s = report["settings"]
     ax.set_xlabel(f"latency at batch 1, {s['threads']} thread(s), median (ms, log scale)")
     accuracy_label = "accuracy (each with its out-of-scope threshold)"
     ax.set_ylabel(accuracy_label if with_accuracy else f"throughput at batch {s['batch_size']} (texts/s)")
     ax.set_title("edgepack bench (marker area ~ size on disk; first bundle outlined in red)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
+    if with_tradeoff:
+        _tradeoff_panel(axes[1], rows)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _tradeoff_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Out-of-scope recall against in-scope accuracy as each contender's threshold moves: test data solid,
+    validation dashed, the contender's own threshold marked (a star on test, a circle on validation)."""
+    for i, r in enumerate(rows):
+        curves = (r["accuracy"] or {}).get("tradeoff")
+        if not curves:
+            continue
+        color, method = f"C{i % 10}", r["accuracy"]["oos_method"]
+        for split, style, marker in (("test", "-", "*"), ("validation", "--", "o")):
+            curve = curves.get(split)
+            if curve is None:
+                continue
+            label = f"{r['name']} ({method}), {split}"
+            ax.plot(curve["in_scope_accuracy"], curve["oos_recall"], style, color=color, lw=1.2, label=label)
+            if curve["shipped"] is not None:
+                ax.plot(
+                    *curve["shipped"], marker, color=color, markersize=11 if marker == "*" else 6, mec="black"
+                )
+    ax.set_xlim(0.8, 1.0)
+    ax.set_xlabel("in-scope accuracy")
+    ax.set_ylabel("out-of-scope recall")
+    ax.set_title("out-of-scope trade-off as the threshold moves (marker: the shipped threshold)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=7, frameon=False)

@@ -35,7 +35,7 @@ def test_feeds_pad_and_type_the_rows() -> None:
 
 def test_classifier_runs_on_those_feeds(shared_classifier: Classifier) -> None:
     rows = [[5, 6, 7], [8]]
-    logits = shared_classifier._run(rows)
+    logits, _ = shared_classifier._run(rows)
     assert logits.shape == (2, len(LABELS)) and np.isfinite(logits).all()
 
 

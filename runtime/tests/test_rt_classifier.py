@@ -85,7 +85,7 @@ def test_dynamic_int8_graph_runs_texts_one_at_a_time(make_bundle: MakeBundle) ->
     assert not clf.batch_invariant
     # The graph really is batch-dependent: the same rows give other logits when run together ...
     rows = clf._encode(TEXTS[:10])
-    together, alone = clf._run(rows), np.concatenate([clf._run([r]) for r in rows])
+    together, alone = clf._run(rows)[0], np.concatenate([clf._run([r])[0] for r in rows])
     assert np.abs(together - alone).max() > 1e-4
     # ... yet predict_batch keeps every answer equal to predict.
     batched = clf.predict_proba(TEXTS, batch_size=16)

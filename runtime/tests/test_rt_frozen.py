@@ -50,7 +50,10 @@ def test_arguments_are_answered_like_the_classifier(bundle: Path) -> None:
     clf = Classifier.load(bundle)
     for record, text in zip(records, texts, strict=True):
         same_answer(record, clf, text, top_k=2)
-        assert set(record) == {"text", "label", "score", "top_k", "rejected"}
+        assert set(record) == {"text", "label", "score", "top_k", "rejected", "oos_score"}
+        assert record["oos_score"] == (
+            None if clf.oos is None else pytest.approx(clf.predict(text).oos_score)
+        )
 
 
 def test_stdin_lines_one_answer_per_line(bundle: Path) -> None:

@@ -128,13 +128,15 @@ def classifier_graph(
     seed: int = 0,
     external_bias: str | None = None,
     dynamic_quant: bool = False,
+    score_output: str | None = None,
 ) -> bytes:
     """A tiny text classifier with the bundle's interface: masked mean of word + position (+ type) embeddings,
     tanh, linear head. Padding never changes a row's answer, and a token id >= vocab_rows or a sequence longer
     than `positions` makes ONNX Runtime fail (Gather out of range), as a real transformer's tables would.
     dynamic_quant=True makes the head dynamic INT8 as onnxruntime's quantize_dynamic does
     (DynamicQuantizeLinear, one scale for the whole batch; MatMulInteger): then a row's answer depends on the
-    rest of its batch."""
+    rest of its batch. score_output="oos_score" adds a second output, one float per row: the sum of the
+    row's logits (a stand-in for a bundle's out-of-scope score)."""
     rng = np.random.default_rng(seed)
 
     def weights(*shape: int) -> np.ndarray:
@@ -205,6 +207,12 @@ def classifier_graph(
         ]
     inputs = [value_info(n, input_type, ["batch", "sequence"]) for n in names]
     outputs = [value_info("logits", FLOAT, ["batch", num_labels if static_labels else "labels"])]
+    if score_output:
+        inits.append(tensor("axis_labels", np.array([1], dtype=np.int64)))
+        nodes.append(
+            node("ReduceSum", ["logits", "axis_labels"], [score_output], attrs=[attribute("keepdims", i=0)])
+        )
+        outputs.append(value_info(score_output, FLOAT, ["batch"]))
     return model(graph("tiny_classifier", nodes, inits, inputs, outputs))
 
 

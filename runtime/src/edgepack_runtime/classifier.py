@@ -20,7 +20,7 @@ from numpy.typing import DTypeLike
 from edgepack_runtime import cpu
 from edgepack_runtime.bundle import VerifiedBundle, read_bundle
 from edgepack_runtime.errors import BundleError, TargetMismatchError
-from edgepack_runtime.manifest import MANIFEST, Spec
+from edgepack_runtime.manifest import MANIFEST, OosRule, Spec
 from edgepack_runtime.textguard import CHARS_PER_TOKEN, clean_text, clean_texts
 
 _NUMPY_TYPES = {"int64": np.int64, "int32": np.int32}
@@ -36,15 +36,17 @@ _PAD_TOKENS = ("[PAD]", "<pad>", "<PAD>")
 class Prediction:
     """label and score of the answer; top_k the best classes by probability, best first.
 
-    When the bundle has an out-of-scope threshold and the top probability is below it, `label` is the
-    out-of-scope label, `rejected` is True, `score` is still the top probability and `top_k` the model's
-    own ranking.
+    When the bundle has an out-of-scope rule, `oos_score` is the score it applies to (the graph's `oos_score`
+    output, or the top probability for bundles without one); when the score is on the out-of-scope side of
+    the threshold, `label` is the out-of-scope label and `rejected` is True, while `score` is still the top
+    probability and `top_k` the model's own ranking.
     """
 
     label: str
     score: float
     top_k: list[tuple[str, float]] = field(default_factory=list)
     rejected: bool = False
+    oos_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class Prediction:
             "score": self.score,
             "top_k": [{"label": label, "score": score} for label, score in self.top_k],
             "rejected": self.rejected,
+            "oos_score": self.oos_score,
         }
 
 
@@ -123,10 +126,8 @@ class Classifier:
         self._max_length = spec.max_length
         self._max_chars = CHARS_PER_TOKEN * spec.max_length
         self._types = {t.name: _NUMPY_TYPES[t.type] for t in spec.inputs}
-        self._outputs = [spec.output.name]
-        self._oos: tuple[str, float] | None = None  # (label, threshold) when out-of-scope rejection is on
-        if spec.oos_label is not None and spec.oos_threshold is not None:
-            self._oos = (spec.oos_label, spec.oos_threshold)
+        self._oos = spec.oos  # the out-of-scope rule, None: answers are the argmax
+        self._outputs = [spec.output.name] + ([spec.oos.output] if spec.oos and spec.oos.output else [])
         self._batch_invariant = not DYNAMIC_QUANT_OPS & set(bundle.scan.op_types)
         pad_ids = (self._tokenizer.token_to_id(t) for t in _PAD_TOKENS)
         self._pad_id = next((i for i in pad_ids if i is not None), 0)  # masked out, so any valid id works
@@ -169,6 +170,20 @@ class Classifier:
                     f"input '{item.name}' is {graph_inputs[item.name]}, manifest says {item.type}",
                 )
         outputs = {o.name: o for o in self._session.get_outputs()}
+        listed = {t["name"] for t in self._bundle.manifest["model"]["outputs"]}
+        if set(outputs) != listed:
+            raise BundleError(
+                "model.onnx",
+                f"graph outputs {sorted(outputs)} differ from manifest.json's model.outputs {sorted(listed)}",
+            )
+        if self._oos is not None and self._oos.output is not None:
+            score = outputs[self._oos.output]
+            if score.type != "tensor(float)" or len(score.shape) != 1:
+                raise BundleError(
+                    "model.onnx",
+                    f"output '{score.name}' (manifest oos.output) must be float32 with one value per text, "
+                    f"is {score.type} of shape {score.shape}",
+                )
         logits = outputs.get(self._outputs[0])
         if logits is None or logits.type != "tensor(float)":
             found = {name: o.type for name, o in outputs.items()}
@@ -184,7 +199,7 @@ class Classifier:
         table smaller than the manifest claims fails here rather than on some user's long query."""
         top_id = self._tokenizer.get_vocab_size(with_added_tokens=True) - 1
         try:
-            logits = self._run([[top_id] * self._max_length])
+            logits, scores = self._run([[top_id] * self._max_length])
         except Exception as err:  # ORT raises its own exception types
             raise BundleError(
                 "model.onnx",
@@ -198,6 +213,11 @@ class Classifier:
             )
         if not np.isfinite(logits).all():
             raise BundleError("model.onnx", "returned non-finite logits on a test run")
+        if scores is not None and (scores.shape != (1,) or not np.isfinite(scores).all()):
+            raise BundleError(
+                "model.onnx",
+                f"returned an out-of-scope score of shape {scores.shape} ({scores}) for one text",
+            )
 
     # -- inference --------------------------------------------------------------------------------------
 
@@ -207,46 +227,64 @@ class Classifier:
         # A tokenizer without special tokens gives nothing for an empty text: feed one pad token instead.
         return [e.ids or [self._pad_id] for e in encodings]
 
-    def _run(self, rows: list[list[int]]) -> np.ndarray:
-        """Logits for token-id rows, padded with numpy to the longest row."""
-        return np.asarray(self._session.run(self._outputs, feeds(rows, self._types, self._pad_id))[0])
+    def _run(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits for token-id rows, padded with numpy to the longest row, and the graph's out-of-scope
+        scores when it computes them."""
+        values = self._session.run(self._outputs, feeds(rows, self._types, self._pad_id))
+        return np.asarray(values[0]), np.asarray(values[1]) if len(values) > 1 else None
 
-    def _probabilities(self, texts: list[str], batch_size: int) -> np.ndarray:
+    def _probabilities(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities [texts, labels] and the out-of-scope rule's scores [texts] (None without a rule)."""
         rows = self._encode(texts) if texts else []
         if not self._batch_invariant:
             batch_size = 1  # keep every answer equal to predict(text): see batch_invariant
         probs = np.empty((len(rows), len(self._labels)), dtype=np.float32)
+        scores = np.empty(len(rows), dtype=np.float32)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths share a batch
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            probs[chunk] = _softmax(self._run([rows[i] for i in chunk]))
-        return probs
+            logits, graph_scores = self._run([rows[i] for i in chunk])
+            probs[chunk] = _softmax(logits)
+            if graph_scores is not None:
+                scores[chunk] = graph_scores
+        if self._oos is None:
+            return probs, None
+        return probs, scores if self._oos.output is not None else probs.max(axis=1)
 
-    def _prediction(self, probs: np.ndarray, top_k: int) -> Prediction:
+    def _prediction(self, probs: np.ndarray, oos_score: float | None, top_k: int) -> Prediction:
         best = np.argsort(-probs, kind="stable")[:top_k]
         ranked = list(zip([self._labels[i] for i in best.tolist()], probs[best].tolist(), strict=True))
         label, score = ranked[0]
-        if self._oos is not None and score < self._oos[1]:
-            return Prediction(self._oos[0], score, ranked, rejected=True)
-        return Prediction(label, score, ranked)
+        if self._oos is not None and self._oos.rejects(oos_score):
+            return Prediction(self._oos.label, score, ranked, rejected=True, oos_score=oos_score)
+        return Prediction(label, score, ranked, oos_score=oos_score)
 
     def predict(self, text: str, top_k: int = 3) -> Prediction:
         """Classify one text (see textguard for what happens to empty, huge or odd texts)."""
         _positive_int(top_k, "top_k")
-        rows = self._encode([clean_text(text, self._max_chars, "predict()")])
-        return self._prediction(_softmax(self._run(rows))[0], top_k)
+        probs, scores = self._probabilities([clean_text(text, self._max_chars, "predict()")], 1)
+        return self._prediction(probs[0], None if scores is None else float(scores[0]), top_k)
 
     def predict_batch(self, texts: Iterable[str], batch_size: int = 32, top_k: int = 3) -> list[Prediction]:
         """Classify many texts, `batch_size` at a time; same answers as `predict` one by one, in order."""
         _positive_int(top_k, "top_k")
         _positive_int(batch_size, "batch_size")
-        probs = self._probabilities(clean_texts(texts, self._max_chars, "predict_batch"), batch_size)
-        return [self._prediction(row, top_k) for row in probs]
+        probs, scores = self._probabilities(clean_texts(texts, self._max_chars, "predict_batch"), batch_size)
+        if scores is None:
+            return [self._prediction(row, None, top_k) for row in probs]
+        return [self._prediction(row, float(score), top_k) for row, score in zip(probs, scores, strict=True)]
 
     def predict_proba(self, texts: Iterable[str], batch_size: int = 32) -> np.ndarray:
         """Softmax probabilities, float32 [len(texts), num_labels]; no out-of-scope threshold applied."""
+        return self.predict_scores(texts, batch_size)[0]
+
+    def predict_scores(
+        self, texts: Iterable[str], batch_size: int = 32
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Softmax probabilities [len(texts), num_labels] and the out-of-scope rule's scores [len(texts)]
+        (None when the bundle has no rule), as predict_batch computes them; no threshold applied."""
         _positive_int(batch_size, "batch_size")
-        return self._probabilities(clean_texts(texts, self._max_chars, "predict_proba"), batch_size)
+        return self._probabilities(clean_texts(texts, self._max_chars, "predict_scores"), batch_size)
 
     # -- read-only views --------------------------------------------------------------------------------
 
@@ -289,8 +327,13 @@ class Classifier:
         return self._batch_invariant
 
     @property
+    def oos(self) -> OosRule | None:
+        """The out-of-scope rule the bundle ships: label, method, score output, direction, threshold."""
+        return self._oos
+
+    @property
     def oos_label(self) -> str | None:
-        """The out-of-scope label predictions fall back to below `oos_threshold` (None: no rejection)."""
+        """The label of texts the out-of-scope rule rejects (None: no rejection)."""
         return self._bundle.spec.oos_label
 
     @property

@@ -7,8 +7,8 @@
 
 The embedded bundle is verified in full (files, hashes, manifest, a test run) every time the program starts,
 and a damaged one is refused before anything is classified. Every input line gets exactly one output line, in
-order: an answer {"text", "label", "score", "top_k", "rejected"} (plus "truncated": true when the text was
-longer than the bundle reads), or {"input": N, "error": "..."} for a line that is not valid UTF-8.
+order: an answer {"text", "label", "score", "top_k", "rejected", "oos_score"} (plus "truncated": true when the
+text was longer than the bundle reads), or {"input": N, "error": "..."} for a line that is not valid UTF-8.
 Exit codes: 0 all answered, 1 some inputs got an error line (the others were answered), 2 bad options,
 3 the embedded bundle was refused.
 

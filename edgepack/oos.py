@@ -1,0 +1,393 @@
+"""Out-of-scope stage: a score computed inside model.onnx, and a threshold chosen on validation only.
+
+The exported graph has a second output, `features` (the last layer mean-pooled over the attention mask, the
+pooling all-MiniLM-L6-v2 was trained with). This stage reads logits and features of the quantized graph (run as
+the runtime runs it: one text at a time), fits what the feature methods need on the training split (in-scope
+classes only), scores every method on validation, picks one, and rewrites the graph: the chosen score becomes
+the output `oos_score` (float nodes appended after quantization, so INT8 does not touch them) and `features`
+is removed. Every runtime then applies one threshold to one number.
+
+Methods (score; which side is out of scope):
+  max_probability  top softmax probability                                  below the threshold
+  max_logit        top logit                                                below
+  energy           logsumexp of the logits (Liu et al., 2020)               below
+  mahalanobis      smallest Mahalanobis distance of the feature to a class mean, one shared covariance
+                   (Podolskiy et al., 2021)                                 above
+  centroid_cosine  largest cosine similarity of the feature to a class mean below
+
+Rules for the threshold (`[evaluate] oos_threshold`):
+  "reject:Q"  the threshold that rejects a share Q of the in-scope validation texts: needs no out-of-scope
+              examples and does not depend on how many the validation split has
+  "auto"      maximise the mean of in-scope accuracy and out-of-scope recall on validation (balanced)
+  "accuracy"  maximise validation accuracy (the rule of bundles before this stage existed)
+  a number    that threshold, on the chosen method's score
+`[evaluate] oos_method = "auto"` picks the method whose threshold (by the rule) gives the best balanced
+validation score; every method's validation figures go into the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepack import metrics
+from edgepack.data import LabelledSplits
+from edgepack.graphs import graph_outputs
+from edgepack.recipe import OOS_METHODS
+
+log = logging.getLogger(__name__)
+
+FEATURES = "features"  # the exported graph's pooled-feature output (removed before packaging)
+SCORE = "oos_score"  # the packaged graph's score output
+METHODS = OOS_METHODS
+ABOVE = {"mahalanobis"}  # methods whose high scores mean out of scope
+SHRINKAGE = 1e-3  # ridge added to the shared covariance (relative to its mean variance), for a stable inverse
+
+
+@dataclass
+class ClassStats:
+    """What the feature methods need, fitted on the training split's in-scope texts."""
+
+    means: np.ndarray  # [classes, hidden] float64
+    cholesky: np.ndarray  # [hidden, hidden]: precision = L @ L.T, so distance = |x L - mean L|^2
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray) -> ClassStats:
+        x = features.astype(np.float64)
+        classes = np.unique(labels)
+        means = np.stack([x[labels == c].mean(axis=0) for c in classes])
+        centred = x - means[np.searchsorted(classes, labels)]
+        covariance = centred.T @ centred / len(x)
+        covariance += SHRINKAGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+        return cls(means, np.linalg.cholesky(np.linalg.inv(covariance)))
+
+
+def method_scores(method: str, logits: np.ndarray, features: np.ndarray, stats: ClassStats) -> np.ndarray:
+    """The score of `method` per row, in float32 as the graph computes it (see _score_tensor)."""
+    logits = logits.astype(np.float32)
+    if method == "max_probability":
+        return metrics.softmax(logits).max(axis=1)
+    if method == "max_logit":
+        return logits.max(axis=1)
+    if method == "energy":
+        top = logits.max(axis=1, keepdims=True)
+        return (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+    x = features.astype(np.float32)
+    if method == "mahalanobis":
+        projected_means, cholesky = _mahalanobis_tensors(stats)
+        z = x @ cholesky
+        return ((z[:, None, :] - projected_means[None]) ** 2).sum(axis=2).min(axis=1)
+    if method == "centroid_cosine":
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return (unit @ _unit_means(stats).T).max(axis=1)
+    raise ValueError(f"unknown out-of-scope method {method!r}; expected one of {METHODS}")
+
+
+def _mahalanobis_tensors(stats: ClassStats) -> tuple[np.ndarray, np.ndarray]:
+    return (stats.means @ stats.cholesky).astype(np.float32), stats.cholesky.astype(np.float32)
+
+
+def _unit_means(stats: ClassStats) -> np.ndarray:
+    return (stats.means / np.linalg.norm(stats.means, axis=1, keepdims=True)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- rules
+
+
+def rejected(scores: np.ndarray, threshold: float, method: str) -> np.ndarray:
+    return scores > threshold if method in ABOVE else scores < threshold
+
+
+def answers(
+    pred: np.ndarray, scores: np.ndarray, threshold: float | None, method: str, oos_id: int
+) -> np.ndarray:
+    """Argmax ids with the rejected rows set to the out-of-scope id."""
+    if threshold is None:
+        return pred
+    return np.where(rejected(scores, threshold, method), oos_id, pred)
+
+
+def _candidates(scores: np.ndarray) -> np.ndarray:
+    """Midpoints between neighbouring distinct scores, plus one beyond each end (reject none / all)."""
+    unique = np.unique(scores.astype(np.float64))
+    spread = max(1e-6, float(unique[-1] - unique[0]) * 1e-6)
+    return np.concatenate([[unique[0] - spread], (unique[:-1] + unique[1:]) / 2, [unique[-1] + spread]])
+
+
+def _accuracy(answered: np.ndarray, ids: np.ndarray) -> float:
+    return float((answered == ids).mean())
+
+
+def _balanced(answered: np.ndarray, ids: np.ndarray) -> float:
+    """Mean of in-scope accuracy and out-of-scope recall (ids: gold with out-of-scope as -1)."""
+    in_scope = ids != -1
+    return float(((answered[in_scope] == ids[in_scope]).mean() + (answered[~in_scope] == -1).mean()) / 2)
+
+
+# "auto" is the balanced rule (it does not depend on the validation split's out-of-scope share).
+OBJECTIVES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"auto": _balanced, "accuracy": _accuracy}
+
+
+def _best_threshold(rule: str, scores: np.ndarray, method: str, pred: np.ndarray, ids: np.ndarray) -> float:
+    """The threshold maximising the rule's objective; ties go to the one rejecting fewest rows. Candidates
+    are midpoints between at most 2,000 score quantiles (validation splits can be large)."""
+    grid = np.quantile(scores.astype(np.float64), np.linspace(0, 1, min(len(scores), 2000)))
+    candidates = _candidates(grid)
+    order = candidates[::-1] if method in ABOVE else candidates  # from rejecting none to rejecting all
+    values = [OBJECTIVES[rule](answers(pred, scores, float(t), method, -1), ids) for t in order]
+    return float(order[int(np.argmax(values))])
+
+
+def choose_threshold(
+    rule: str | float, scores: np.ndarray, pred: np.ndarray, gold: np.ndarray, oos_id: int, method: str
+) -> float:
+    """The threshold on `scores` that `rule` picks on these (validation) rows."""
+    if isinstance(rule, int | float):
+        return float(rule)
+    in_scope = gold != oos_id
+    if rule.startswith("reject:"):
+        share = float(rule.split(":", 1)[1])
+        inside = scores[in_scope].astype(np.float64)
+        # Reject `share` of the in-scope rows: the score at that quantile, from the out-of-scope side.
+        return float(np.quantile(inside, 1 - share if method in ABOVE else share))
+    if not (~in_scope).any():
+        raise ValueError(
+            f"[evaluate] oos_threshold = {rule!r} needs out-of-scope texts in the validation split, which has "
+            "none; use a reject rule such as 'reject:0.02' (it needs none)."
+        )
+    return _best_threshold(rule, scores, method, pred, np.where(gold == oos_id, -1, gold))
+
+
+def figures(pred: np.ndarray, gold: np.ndarray, oos_id: int) -> dict[str, float]:
+    """accuracy, in-scope accuracy, oos recall, and their balanced mean."""
+    out = metrics.scores(pred, gold, oos_id)
+    return out | {"balanced": (out["in_scope_accuracy"] + out["oos_recall"]) / 2}
+
+
+# ---------------------------------------------------------------- the score inside the graph
+
+
+def _opset(model: Any) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+class _Nodes:
+    """Appends nodes and constants named `oos/...` to a graph, in the form its opset wants."""
+
+    def __init__(self, model: Any) -> None:
+        self.graph, self.opset = model.graph, _opset(model)
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.graph.initializer.append(numpy_helper.from_array(value, f"oos/{name}"))
+        return f"oos/{name}"
+
+    def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        from onnx import helper
+
+        self.graph.node.append(
+            helper.make_node(op_type, inputs, [f"oos/{name}"], name=f"oos/{name}", **attrs)
+        )
+        return f"oos/{name}"
+
+    def reduce(self, op_type: str, x: str, axis: int, name: str, keepdims: int = 0) -> str:
+        # ReduceSum takes its axes as an input from opset 13, the other reductions from opset 18.
+        if op_type == "ReduceSum" or self.opset >= 18:
+            axes = self.const(f"{name}_axes", np.array([axis], dtype=np.int64))
+            return self.op(op_type, [x, axes], name, keepdims=keepdims)
+        return self.op(op_type, [x], name, axes=[axis], keepdims=keepdims)
+
+
+def _score_tensor(nodes: _Nodes, method: str, stats: ClassStats) -> str:
+    """Nodes computing `method` from the graph's `logits` and `features`; returns the [batch] score tensor."""
+    if method == "max_probability":
+        return nodes.reduce("ReduceMax", nodes.op("Softmax", ["logits"], "softmax", axis=-1), 1, "score")
+    if method == "max_logit":
+        return nodes.reduce("ReduceMax", "logits", 1, "score")
+    if method == "energy":
+        return nodes.reduce("ReduceLogSumExp", "logits", 1, "score")
+    if method == "mahalanobis":
+        projected_means, cholesky = _mahalanobis_tensors(stats)
+        z = nodes.op("MatMul", [FEATURES, nodes.const("cholesky", cholesky)], "projected")
+        z = nodes.op("Unsqueeze", [z, nodes.const("axis1", np.array([1], dtype=np.int64))], "projected_3d")
+        diff = nodes.op("Sub", [z, nodes.const("projected_means", projected_means)], "diff")
+        distances = nodes.reduce("ReduceSum", nodes.op("Mul", [diff, diff], "squared"), 2, "distances")
+        return nodes.reduce("ReduceMin", distances, 1, "score")
+    if method == "centroid_cosine":
+        norm = nodes.reduce("ReduceL2", FEATURES, 1, "norm", keepdims=1)
+        unit = nodes.op("Div", [FEATURES, norm], "unit")
+        cosines = nodes.op(
+            "MatMul", [unit, nodes.const("unit_means_t", _unit_means(stats).T.copy())], "cosines"
+        )
+        return nodes.reduce("ReduceMax", cosines, 1, "score")
+    raise ValueError(f"unknown out-of-scope method {method!r}; expected one of {METHODS}")
+
+
+def _drop_dead_nodes(graph: Any) -> None:
+    """Remove nodes (and initializers) that no graph output depends on."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed |= set(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    live = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+
+
+def rewrite_graph(onnx_path: Path, method: str | None, stats: ClassStats | None, out: Path) -> None:
+    """The graph at `onnx_path` with `features` replaced by `oos_score` computed by `method` (None: only
+    `features` removed), written to `out`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    batch = graph.output[0].type.tensor_type.shape.dim[0]
+    kept_outputs = [o for o in graph.output if o.name != FEATURES]
+    if method is not None:
+        assert stats is not None or method not in ("mahalanobis", "centroid_cosine")
+        nodes = _Nodes(model)
+        _score_tensor(nodes, method, stats)  # type: ignore[arg-type]
+        graph.node[-1].output[0] = SCORE  # the last node appended computes the score
+        shape = [batch.dim_param or batch.dim_value]
+        kept_outputs.append(helper.make_tensor_value_info(SCORE, TensorProto.FLOAT, shape))
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    _drop_dead_nodes(graph)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class OosResult:
+    onnx_path: Path  # the graph to package: logits (+ oos_score when rejection is on)
+    oos: dict[str, Any] | None  # the manifest's "oos": label, method, output, direction, threshold, rule
+    record: dict[str, Any]  # every method's validation figures, fidelity of the INT8 score, bytes added
+
+
+def _outputs(onnx_path: Path, tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    # One text per run: dynamic INT8 scales activations per batch, and the runtime runs one text at a time.
+    return graph_outputs(onnx_path, tokenizer, texts, max_length, ("logits", FEATURES), batch_size=1)
+
+
+def _evaluate_methods(
+    methods: tuple[str, ...],
+    rule: str | float,
+    val: dict[str, np.ndarray],
+    gold: np.ndarray,
+    oos_id: int,
+    stats: ClassStats,
+) -> dict[str, dict[str, Any]]:
+    pred = val["logits"].argmax(axis=1)
+    out = {}
+    for method in methods:
+        scores = method_scores(method, val["logits"], val[FEATURES], stats)
+        threshold = choose_threshold(rule, scores, pred, gold, oos_id, method)
+        out[method] = {"threshold": threshold} | figures(
+            answers(pred, scores, threshold, method, oos_id), gold, oos_id
+        )
+    return out
+
+
+def run(
+    int8: Path,
+    fp32: Path,
+    method: str,
+    rule: str | float | None,
+    tokenizer: Any,
+    splits: LabelledSplits,
+    max_length: int,
+    out: Path,
+) -> OosResult:
+    """Choose the out-of-scope method and threshold on validation and build them into the graph at `out`."""
+    oos_id = splits.oos_id()
+    if oos_id is None or rule is None:
+        log.info("oos: no out-of-scope label or rule; the bundle answers by argmax")
+        rewrite_graph(int8, None, None, out)
+        return OosResult(out, None, {"method": None})
+    train = _outputs(int8, tokenizer, splits.texts["train"], max_length)
+    val = _outputs(int8, tokenizer, splits.texts["validation"], max_length)
+    train_ids = splits.label_ids["train"]
+    stats = ClassStats.fit(train[FEATURES][train_ids != oos_id], train_ids[train_ids != oos_id])
+    gold = splits.label_ids["validation"]
+    candidates = _evaluate_methods(METHODS if method == "auto" else (method,), rule, val, gold, oos_id, stats)
+    chosen = max(candidates, key=lambda m: candidates[m]["balanced"]) if method == "auto" else method
+    threshold = candidates[chosen]["threshold"]
+    rewrite_graph(int8, chosen, stats, out)
+    oos = {
+        "label": splits.oos_label,
+        "method": chosen,
+        "output": SCORE,
+        "direction": "above" if chosen in ABOVE else "below",
+        "threshold": threshold,
+        "rule": rule,
+    }
+    record = {
+        "method": chosen,
+        "chosen_by": "best balanced validation score" if method == "auto" else "recipe",
+        "rule": rule,
+        "feature": "last layer mean-pooled over the attention mask",
+        "validation": candidates,
+        "bytes_added": out.stat().st_size - int8.stat().st_size,
+        "graph_vs_numpy_max_rel_diff": _graph_agreement(
+            out, chosen, val, stats, tokenizer, splits, max_length
+        ),
+        "fp32_vs_int8_validation": _fp32_agreement(
+            fp32, chosen, threshold, val, stats, tokenizer, splits, max_length
+        ),
+    }
+    log.info("oos: %s, threshold %.4g (%s); validation %s", chosen, threshold, rule, candidates[chosen])
+    return OosResult(out, oos, record)
+
+
+def _graph_agreement(
+    graph: Path,
+    method: str,
+    val: dict[str, np.ndarray],
+    stats: ClassStats,
+    tokenizer: Any,
+    splits: LabelledSplits,
+    max_length: int,
+) -> float:
+    """Largest difference between the packaged graph's oos_score and this module's score on 200 validation
+    texts, relative to the scores' scale (float32 sums in another order differ in the last bits)."""
+    texts = splits.texts["validation"][:200]
+    got = graph_outputs(graph, tokenizer, texts, max_length, (SCORE,), batch_size=1)[SCORE]
+    expected = method_scores(method, val["logits"][:200], val[FEATURES][:200], stats)
+    return float(np.abs(got - expected).max() / max(1.0, float(np.abs(expected).max())))
+
+
+def _fp32_agreement(
+    fp32: Path,
+    method: str,
+    threshold: float,
+    val: dict[str, np.ndarray],
+    stats: ClassStats,
+    tokenizer: Any,
+    splits: LabelledSplits,
+    max_length: int,
+) -> dict[str, float]:
+    """How the score of the fp32 graph compares with the INT8 one's on validation."""
+    ref = graph_outputs(fp32, tokenizer, splits.texts["validation"], max_length, ("logits", FEATURES))
+    a = method_scores(method, ref["logits"], ref[FEATURES], stats)
+    b = method_scores(method, val["logits"], val[FEATURES], stats)
+    return {
+        "decision_agreement": float(
+            (rejected(a, threshold, method) == rejected(b, threshold, method)).mean()
+        ),
+        "score_correlation": float(np.corrcoef(a, b)[0, 1]),
+        "max_abs_score_diff": float(np.abs(a - b).max()),
+    }
