@@ -273,6 +273,9 @@ class EvaluateConfig:
         )
         expected = '"reject:Q" with Q in (0, 1), "auto", "accuracy", a number, or "none"'
         check(ok, "evaluate", "oos_threshold", t, expected)
+        number = isinstance(t, int | float)
+        why = 'a method other than "auto" when oos_threshold is a number (a number is on one method\'s score)'
+        check(not (number and self.oos_method == "auto"), "evaluate", "oos_method", self.oos_method, why)
 
 
 def _reject_share(rule: object) -> float | None:

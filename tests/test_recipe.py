@@ -125,8 +125,13 @@ def test_extends_takes_a_list_merged_in_order(tmp_path: Path) -> None:
 
 def test_out_of_scope_rules_are_checked() -> None:
     assert load_recipe("clinc").evaluate.oos_threshold == "reject:0.02"
-    for good in ("reject:0.05", "auto", "accuracy", 3.5, "none"):
+    for good in ("reject:0.05", "auto", "accuracy", "none"):
         load_recipe("clinc", {"evaluate.oos_threshold": good})
+    load_recipe("clinc", {"evaluate.oos_threshold": 3.5, "evaluate.oos_method": "energy"})
+    with pytest.raises(
+        RecipeError, match="oos_method = 'auto' is invalid.*a number is on one method's score"
+    ):
+        load_recipe("clinc", {"evaluate.oos_threshold": 3.5})
     for bad in ("reject:1.5", "reject:x", "balanced-ish"):
         with pytest.raises(RecipeError, match="oos_threshold .* is invalid.*reject:Q"):
             load_recipe("clinc", {"evaluate.oos_threshold": bad})
