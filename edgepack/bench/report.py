@@ -159,6 +159,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         )
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(v)[0] in "25" else ""))
     ax.margins(x=0.15, y=0.15)
     beside = {} if with_tradeoff else {"bbox_to_anchor": (1.01, 1.0)}  # inside when a panel is to the right
     legend = ax.legend(loc="upper left", fontsize=8, frameon=False, **beside)

@@ -115,10 +115,10 @@ class App:
     def _show_prediction(self, text: str, prediction: Prediction, ms: float) -> None:
         assert self.classifier is not None
         best, score = prediction.top_k[0]
-        if prediction.rejected:  # the model's best guess is below the bundle's out-of-scope threshold
-            threshold = self.classifier.oos_threshold or 0.0
-            detail = f"Out of scope: the best guess, {best} at {score:.1%}, is below the bundle's threshold"
-            detail += f" ({threshold:.1%})"
+        if prediction.rejected and self.classifier.oos is not None:  # the bundle's out-of-scope rule said so
+            rule = self.classifier.oos
+            detail = f"Out of scope: the best guess was {best} at {score:.1%}; {rule.method} score"
+            detail += f" {prediction.oos_score:.4g} is {rule.direction} the bundle's threshold ({rule.threshold:.4g})"
         elif prediction.label == self.classifier.oos_label:  # the model itself says out-of-scope
             detail = f"Out of scope: not one of the intents this bundle knows (confidence {score:.1%})"
         else:

@@ -71,6 +71,9 @@ def test_a_bundle_without_a_score_output_keeps_the_top_probability_rule(make_bun
     )
     for p in clf.predict_batch(TEXTS):
         assert p.oos_score == pytest.approx(p.score) and p.rejected is (p.score < 0.5)
+    assert clf.oos.describe() == "top probability below 0.5 -> 'oos'"
+    scored = _scored_bundle(make_bundle, "above", 1.25)
+    assert scored.oos is not None and scored.oos.describe() == "test_sum score above 1.25 -> 'oos'"
 
 
 def _refused(make_bundle: MakeBundle, match: str, **kwargs: Any) -> None:

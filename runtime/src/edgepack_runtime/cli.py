@@ -134,7 +134,7 @@ def _summary(clf: Classifier) -> list[tuple[str, str]]:
 
     manifest, spec = clf.manifest, clf.spec
     files = [f"{name} {rec.size:,} B sha256 {rec.sha256[:12]}" for name, rec in spec.files.items()]
-    oos = f"; below {spec.oos_threshold} -> '{spec.oos_label}'" if spec.oos_label else ""
+    oos = f"; {spec.oos.describe()}" if spec.oos else ""
     host = cpu.detect()
     problem = cpu.check_target(spec.name, spec.target_name, spec.cpu_features, host)
     needs = ", ".join(spec.cpu_features) or "no particular feature"

@@ -187,7 +187,7 @@ def version_lines(clf: Classifier, prog: str) -> list[str]:
 
     manifest, spec = clf.manifest, clf.spec
     files = "; ".join(f"{name} {rec.size:,} B sha256 {rec.sha256[:12]}" for name, rec in spec.files.items())
-    oos = f"; below {spec.oos_threshold:.3f} -> '{spec.oos_label}'" if spec.oos_label else ""
+    oos = f"; {spec.oos.describe()}" if spec.oos else ""
     rows = [
         ("bundle", f"{spec.name} ({manifest['schema']}), created {manifest.get('created', '?')}"),
         ("built by", f"edgepack {manifest.get('edgepack_version', '?')}"),

@@ -62,6 +62,11 @@ class OosRule:
     output: str | None
     direction: str
 
+    def describe(self) -> str:
+        """One line for people: which score, which side of which threshold, and the label it gives."""
+        score = f"{self.method} score" if self.output else "top probability"
+        return f"{score} {self.direction} {self.threshold:.4g} -> '{self.label}'"
+
     def rejects(self, scores: Any) -> Any:
         """True where a score (a float or a numpy array) is on the out-of-scope side of the threshold."""
         return scores > self.threshold if self.direction == "above" else scores < self.threshold
