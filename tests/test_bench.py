@@ -191,7 +191,8 @@ def test_floor_counts_the_graphs_multiply_accumulates(built: tuple[Path, Path]) 
     pooler_and_classifier = hidden * hidden + hidden * labels
     assert profile[seq].int8_macs == layer + pooler_and_classifier
     # The out-of-scope score's product runs in float after the INT8 graph: features x a table, per text.
-    oos_table = {"mahalanobis": hidden * hidden, "centroid_cosine": hidden * (labels - 1)}
+    in_scope = labels - 1
+    oos_table = {"mahalanobis": hidden * hidden + hidden * in_scope, "centroid_cosine": hidden * in_scope}
     oos_macs = oos_table.get(manifest["oos"]["method"], 0)
     # Attention scores and context, in float
     assert profile[seq].fp32_macs == seq * seq * 2 * hidden + oos_macs
