@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgepack_runtime.manifest import rejects
 
 from edgepack import metrics
 from edgepack.data import LabelledSplits
 from edgepack.graphs import graph_outputs
-from edgepack.recipe import OOS_METHODS
+from edgepack.recipe import OOS_METHODS, reject_share
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,13 @@ def _unit_means(stats: ClassStats) -> np.ndarray:
 # ---------------------------------------------------------------- rules
 
 
+def direction(method: str) -> str:
+    """Which side of the threshold `method`'s out-of-scope texts lie on (the manifest's oos.direction)."""
+    return "above" if method in ABOVE else "below"
+
+
 def rejected(scores: np.ndarray, threshold: float, method: str) -> np.ndarray:
-    return scores > threshold if method in ABOVE else scores < threshold
+    return rejects(scores, threshold, direction(method))
 
 
 def answers(
@@ -159,7 +165,8 @@ def choose_threshold(
         return float(rule)
     in_scope = gold != oos_id
     if rule.startswith("reject:"):
-        share = float(rule.split(":", 1)[1])
+        share = reject_share(rule)
+        assert share is not None, f"{rule!r} is checked by EvaluateConfig"
         inside = scores[in_scope].astype(np.float64)
         # Reject `share` of the in-scope rows: the score at that quantile, from the out-of-scope side.
         return float(np.quantile(inside, 1 - share if method in ABOVE else share))
@@ -340,7 +347,7 @@ def run(
         "label": splits.oos_label,
         "method": chosen,
         "output": SCORE,
-        "direction": "above" if chosen in ABOVE else "below",
+        "direction": direction(chosen),
         "threshold": threshold,
         "rule": rule,
     }

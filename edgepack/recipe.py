@@ -260,7 +260,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "evaluate", "batch_size", self.batch_size, "an integer >= 1")
-        methods = ("auto", "max_probability", "max_logit", "energy", "mahalanobis", "centroid_cosine")
+        methods = ("auto", *OOS_METHODS)
         check(
             self.oos_method in methods, "evaluate", "oos_method", self.oos_method, f"one of {list(methods)}"
         )
@@ -269,7 +269,7 @@ class EvaluateConfig:
             t is None
             or t in ("auto", "accuracy")
             or isinstance(t, int | float)
-            or _reject_share(t) is not None
+            or reject_share(t) is not None
         )
         expected = '"reject:Q" with Q in (0, 1), "auto", "accuracy", a number, or "none"'
         check(ok, "evaluate", "oos_threshold", t, expected)
@@ -278,7 +278,7 @@ class EvaluateConfig:
         check(not (number and self.oos_method == "auto"), "evaluate", "oos_method", self.oos_method, why)
 
 
-def _reject_share(rule: object) -> float | None:
+def reject_share(rule: object) -> float | None:
     """Q of a "reject:Q" rule, when it is one with 0 < Q < 1."""
     if not isinstance(rule, str) or not rule.startswith("reject:"):
         return None

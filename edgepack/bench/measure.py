@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 from edgepack_runtime.bench import batch_throughput, summarize
 from edgepack_runtime.cpu import describe as cpu_description
+from edgepack_runtime.manifest import rejects
 from edgepack_runtime.metrics import scores
 
 from edgepack.bench.contenders import Contender, Log
@@ -180,8 +181,7 @@ def _answers(
     pred = probs.argmax(axis=1)
     if oos_id is None or threshold is None:
         return pred
-    rejected = oos_scores > threshold if c.direction == "above" else oos_scores < threshold
-    return np.where(rejected, oos_id, pred)
+    return np.where(rejects(oos_scores, threshold, c.direction), oos_id, pred)
 
 
 def tradeoff(

@@ -45,6 +45,15 @@ class TensorSpec:
     shape: tuple[str | int, ...]
 
 
+DIRECTIONS = ("above", "below")  # which side of an out-of-scope threshold is out of scope
+
+
+def rejects(scores: Any, threshold: float, direction: str) -> Any:
+    """True where a score (a float or a numpy array) is on the out-of-scope side of `threshold`: above it for
+    direction "above" (a distance), below it for "below" (a confidence)."""
+    return scores > threshold if direction == "above" else scores < threshold
+
+
 @dataclass(frozen=True)
 class OosRule:
     """Out-of-scope rejection as the bundle ships it: a text whose score lies on the out-of-scope side of
@@ -69,7 +78,7 @@ class OosRule:
 
     def rejects(self, scores: Any) -> Any:
         """True where a score (a float or a numpy array) is on the out-of-scope side of the threshold."""
-        return scores > self.threshold if self.direction == "above" else scores < self.threshold
+        return rejects(scores, self.threshold, self.direction)
 
 
 @dataclass(frozen=True)
@@ -290,7 +299,7 @@ def _oos(manifest: dict[str, Any], outputs: dict[str, TensorSpec]) -> OosRule | 
     direction = rule.get("direction", "below")
     if not label or not math.isfinite(threshold) or not isinstance(method, str):
         raise _fail(f"'oos' needs a non-empty label, a finite threshold and a method, got {rule!r:.120}")
-    if direction not in ("above", "below"):
+    if direction not in DIRECTIONS:
         raise _fail(f"oos.direction must be 'above' or 'below', got {direction!r:.40}")
     if output is None:
         if method != "max_probability" or direction != "below" or not 0.0 <= threshold <= 1.0:
