@@ -51,15 +51,17 @@ def _figures(
 
 def _student_outputs(recipe: Any, work: Path) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, Any]]:
     """The recipe's splits, the INT8 student's logits and features per split, and the student's record."""
-    from edgepack import data, distill, export, oos, optimize, prune, quantize, teacher
+    from edgepack import augment, data, distill, export, oos, optimize, prune, quantize, teacher
     from edgepack.cache import Cache
 
     cache = Cache(recipe.cache_dir)
     max_length = recipe.data.max_length
     splits = data.load_splits(recipe.data)
     taught = teacher.run(splits, recipe.teacher, max_length, cache)
-    student = distill.run(taught, recipe.distill, recipe.search, max_length, cache)
-    pruned = prune.run(taught, student, recipe.prune, max_length, work / "pruned")
+    transfer = augment.run(taught, recipe.augment, max_length, cache)
+    used = {stage: transfer if recipe.augment.used_in(stage) else None for stage in ("distill", "prune")}
+    student = distill.run(taught, recipe.distill, recipe.search, max_length, cache, used["distill"])
+    pruned = prune.run(taught, student, recipe.prune, max_length, cache, used["prune"])
     exported = export.run(pruned.model_dir, recipe.export, max_length, work / "fp32.onnx")
     fused = optimize.run(exported.onnx_path, exported.model.layers, recipe.optimize, work / "fused.onnx")
     quantized = quantize.run(

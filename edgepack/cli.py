@@ -214,6 +214,12 @@ def _bundle_teacher(bundle: Path) -> str | None:
 )
 @click.option("--no-teacher", is_flag=True, help="Compare with no teacher, not even the bundle's own.")
 @click.option(
+    "--no-optimum-teacher",
+    is_flag=True,
+    help="Skip what Optimum makes of the teacher (export, ORTOptimizer, avx2 dynamic INT8, its pipeline; "
+    "built once and cached beside the teacher's cache).",
+)
+@click.option(
     "--peer",
     type=click.Choice(["optimum"]),
     default=None,
@@ -263,6 +269,7 @@ def bench(
     bundles: tuple[Path, ...],
     teacher: str | None,
     no_teacher: bool,
+    no_optimum_teacher: bool,
     peer: str | None,
     data: Path | None,
     validation: Path | None,
@@ -275,8 +282,8 @@ def bench(
     json_path: Path | None,
     plot_path: Path | None,
 ) -> None:
-    """Measure BUNDLES side by side (and their teacher, --peer): size, latency, throughput, accuracy, and how
-    far each bundle is from the physical floor of its arithmetic on this CPU.
+    """Measure BUNDLES side by side (and their teacher, Optimum's INT8 model of it, --peer): size, latency,
+    throughput, accuracy, and how far each bundle is from the physical floor of its arithmetic on this CPU.
 
     The first bundle is highlighted in the plot and is the graph the peer runs; its own teacher is the one
     compared with, unless --teacher names another or --no-teacher none. Needs the bench extra:
@@ -310,7 +317,17 @@ def bench(
     skipped: list[dict[str, str]] = []
     try:
         try:
-            lib.load_contenders(bundles, teacher, peer, validation_pairs, threads, contenders, skipped, say)
+            lib.load_contenders(
+                bundles,
+                teacher,
+                peer,
+                validation_pairs,
+                threads,
+                contenders,
+                skipped,
+                say,
+                optimum_teacher=not no_optimum_teacher,
+            )
         except lib.InvalidBundle as exc:
             raise click.BadParameter(str(exc), param_hint="BUNDLE") from None
         rates = None

@@ -28,8 +28,10 @@ from edgepack.errors import StageError
 from edgepack.recipe import DistillConfig, SearchConfig
 from edgepack.training import (
     DistillResult,
+    HiddenStateTarget,
     TeacherResult,
-    tokenized_dataset,
+    TransferSet,
+    distillation_dataset,
     train_student,
     validation_score,
 )
@@ -78,21 +80,25 @@ class _ReportToTrial(TrainerCallback):
 class _Distiller:
     """Holds what every trial shares: the teacher, its logits, the tokenized splits."""
 
-    def __init__(self, teacher: TeacherResult, config: DistillConfig, max_length: int) -> None:
-        self.teacher, self.config, self.max_length = teacher, config, max_length
+    def __init__(
+        self, teacher: TeacherResult, config: DistillConfig, max_length: int, transfer: TransferSet | None
+    ) -> None:
+        self.teacher, self.config, self.max_length, self.transfer = teacher, config, max_length, transfer
         self.splits = teacher.splits
         student_dir = (
             teacher.model_dir if config.student == "teacher-layers" else models.resolve_model(config.student)
         )
         self.student_dir = student_dir
         self.tokenizer = models.load_tokenizer(student_dir)
-        self.train = tokenized_dataset(
-            self.tokenizer,
-            self.splits.texts["train"],
-            max_length,
-            self.splits.label_ids["train"],
-            teacher.logits["train"],
-        )
+        self.train = distillation_dataset(self.tokenizer, teacher, max_length)
+
+    def final_train(self) -> Any:
+        """What the final student learns from: the training split, and the transfer text when there is one.
+        (Search trials use a share of the training split alone: N copies would make every trial N times longer.)
+        """
+        if self.transfer is None:
+            return self.train
+        return distillation_dataset(self.tokenizer, self.teacher, self.max_length, self.transfer)
 
     def new_student(self) -> Any:
         if self.config.student == "teacher-layers":
@@ -108,7 +114,11 @@ class _Distiller:
         self, config: DistillConfig, train: Any, out: Path, callbacks: list[Any] | None = None
     ) -> Any:
         torch.manual_seed(config.seed)
-        return train_student(self.new_student(), self.tokenizer, train, config, out, callbacks)
+        hidden = None
+        if config.hidden_weight > 0:
+            teacher_model = models.load_classifier(self.teacher.model_dir)
+            hidden = HiddenStateTarget(teacher_model, config.layers, config.hidden_weight)
+        return train_student(self.new_student(), self.tokenizer, train, config, out, callbacks, hidden)
 
 
 def _search(
@@ -184,41 +194,67 @@ def _trials_record(study: Any) -> list[dict[str, Any]]:
 
 
 def run(
-    teacher: TeacherResult, config: DistillConfig, search: SearchConfig, max_length: int, cache: Cache
+    teacher: TeacherResult,
+    config: DistillConfig,
+    search: SearchConfig,
+    max_length: int,
+    cache: Cache,
+    transfer: TransferSet | None = None,
 ) -> DistillResult:
     """The distilled student, from the cache when the same teacher, data and settings made one before.
 
+    `transfer`: text the teacher labelled beyond the training split (edgepack.augment), for the final student.
     A study shared through `[search] storage` is never cached: other machines may have added better trials.
     """
-    key = cache_key(teacher.record["cache_key"], asdict(config), asdict(search), max_length)
+    parts: list[Any] = [teacher.record["cache_key"], _key_settings(config), asdict(search), max_length]
+    if transfer is not None:  # appended only when used, so students made without it keep their keys
+        parts.append(transfer.record["cache_key"])
+    key = cache_key(*parts)
     folder = cache.folder("student", key)
     if search.storage is None and cache.is_complete(folder):
         log.info("distill: reusing cached student %s", folder)
         record = cache.record(folder)
         return DistillResult(folder / "model", DistillConfig(**record["settings"]), record | {"cached": True})
     cache.start(folder)
-    result = _distill(teacher, config, search, max_length, folder / "model")
+    result = _distill(teacher, config, search, max_length, folder / "model", transfer)
     cache.finish(folder, result.record | {"cache_key": key})
     return DistillResult(
         result.model_dir, result.settings, result.record | {"cache_key": key, "cached": False}
     )
 
 
+def _key_settings(config: DistillConfig) -> dict[str, Any]:
+    """The settings in the student's cache key. A knob added later is left out at its off value, so students
+    cached before it existed keep their keys."""
+    settings = asdict(config)
+    if settings["hidden_weight"] == 0:
+        del settings["hidden_weight"]
+    return settings
+
+
 def _distill(
-    teacher: TeacherResult, config: DistillConfig, search: SearchConfig, max_length: int, out_dir: Path
+    teacher: TeacherResult,
+    config: DistillConfig,
+    search: SearchConfig,
+    max_length: int,
+    out_dir: Path,
+    transfer: TransferSet | None,
 ) -> DistillResult:
-    distiller = _Distiller(teacher, config, max_length)
+    distiller = _Distiller(teacher, config, max_length, transfer)
     work = Path(tempfile.mkdtemp(prefix="distill-", dir=out_dir.parent))
     record: dict[str, Any] = {
         "student": config.student,
         "layers": config.layers if config.student == "teacher-layers" else None,
         "max_length": max_length,
+        "transfer_texts": len(transfer.texts) if transfer is not None else 0,
     }
     started = time.perf_counter()
     try:
         final_config, kept = config, None
         if search.trials > 0:
             study, kept = _search(distiller, config, search, work)
+            if transfer is not None:  # a trial never saw the transfer text: the final student must
+                kept = None
             completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
             if not completed:
                 raise StageError(
@@ -234,7 +270,7 @@ def _distill(
             record["search_seconds"] = round(time.perf_counter() - started, 1)
         if kept is None:
             log.info("distill: training the student on the full training split with %s", asdict(final_config))
-            model = distiller.train_student(final_config, distiller.train, work / "final")
+            model = distiller.train_student(final_config, distiller.final_train(), work / "final")
         else:
             model = kept
         record["settings"] = asdict(final_config)

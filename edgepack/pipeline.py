@@ -1,4 +1,4 @@
-"""The build pipeline: data -> teacher -> distill -> prune -> export -> optimize -> quantize -> oos -> package
+"""The build pipeline: data -> teacher -> augment -> distill -> prune -> export -> optimize -> quantize -> oos -> package
 -> evaluate.
 
 Each stage is one call that returns its outputs and a record; the records become the bundle's manifest. The
@@ -23,6 +23,7 @@ from typing import Any
 
 from edgepack import (
     __version__,
+    augment,
     data,
     distill,
     evaluate,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 STAGES = (
     "data",
     "teacher",
+    "augment",
     "distill",
     "prune",
     "export",
@@ -149,10 +151,14 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
         with timer.stage("teacher"):
             taught = teacher.run(splits, recipe.teacher, max_length, cache)
             splits = taught.splits
+        with timer.stage("augment"):  # None when [augment] is off
+            transfer = augment.run(taught, recipe.augment, max_length, cache)
         with timer.stage("distill"):
-            student = distill.run(taught, recipe.distill, recipe.search, max_length, cache)
+            used = transfer if recipe.augment.used_in("distill") else None
+            student = distill.run(taught, recipe.distill, recipe.search, max_length, cache, used)
         with timer.stage("prune"):  # the distilled student unchanged, record None, when nothing is enabled
-            pruned = prune.run(taught, student, recipe.prune, max_length, work / "pruned")
+            used = transfer if recipe.augment.used_in("prune") else None
+            pruned = prune.run(taught, student, recipe.prune, max_length, cache, used)
         with timer.stage("export"):
             exported = export.run(pruned.model_dir, recipe.export, max_length, work / "model-fp32.onnx")
         with timer.stage("optimize"):
@@ -187,6 +193,7 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                 manifest = _manifest(recipe, started, files, scored.onnx_path, exported.model, splits)
                 manifest |= {
                     "teacher": taught.record,
+                    "augmentation": transfer.record if transfer is not None else None,
                     "distillation": student.record,
                     "pruning": pruned.record,
                     "export": exported.record,

@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,15 +39,18 @@ import numpy as np
 import torch
 
 from edgepack import models, vocab
+from edgepack.cache import Cache, cache_key
 from edgepack.errors import StageError
 from edgepack.recipe import DistillConfig, PruneConfig, VocabMode
 from edgepack.training import (
     DistillResult,
+    HiddenStateTarget,
     PadCollator,
     TeacherResult,
+    TransferSet,
+    distillation_dataset,
     distillation_loss,
     predict_logits,
-    tokenized_dataset,
     train_student,
     validation_score,
 )
@@ -330,6 +333,26 @@ def _trim_vocabulary(
     return trimmed, new_tokenizer, record
 
 
+def _hidden_target(
+    teacher: TeacherResult, settings: DistillConfig, config: PruneConfig, record: dict[str, Any]
+) -> HiddenStateTarget | None:
+    """The recovery's hidden-state target: each kept student layer maps to the teacher layer it came from."""
+    weight = (
+        settings.hidden_weight if config.recovery_hidden_weight is None else config.recovery_hidden_weight
+    )
+    record["recovery"]["hidden_weight"] = weight
+    if weight == 0:
+        return None
+    if settings.student != "teacher-layers":
+        raise StageError(
+            f"prune: recovery_hidden_weight = {weight} needs a student made of the teacher's layers "
+            f'([distill] student = "teacher-layers"); set it to 0.'
+        )
+    dropped = set(record.get("layers", {}).get("dropped", []))
+    layer_map = [t for i, t in enumerate(settings.layers) if i not in dropped]
+    return HiddenStateTarget(models.load_classifier(teacher.model_dir), layer_map, weight)
+
+
 def _prune_structure(
     model: Any, tokenizer: Any, train: Any, config: PruneConfig, settings: DistillConfig
 ) -> dict[str, Any]:
@@ -346,12 +369,42 @@ def _prune_structure(
 
 
 def run(
-    teacher: TeacherResult, distilled: DistillResult, config: PruneConfig, max_length: int, out_dir: Path
+    teacher: TeacherResult,
+    distilled: DistillResult,
+    config: PruneConfig,
+    max_length: int,
+    cache: Cache,
+    transfer: TransferSet | None = None,
 ) -> PruneResult:
-    """Prune the distilled student in `distilled.model_dir` into out_dir; unchanged (record None) when off."""
+    """The pruned student (cached like the distilled one: same student, settings and transfer text), or the
+    distilled student unchanged (record None) when nothing is enabled.
+
+    `transfer`: text the teacher labelled beyond the training split (edgepack.augment), for the recovery.
+    """
     if not config.enabled:
         log.info("prune: nothing enabled; the distilled student goes on unchanged")
         return PruneResult(distilled.model_dir, None)
+    transfer_key = transfer.record["cache_key"] if transfer is not None else None
+    key = cache_key(distilled.record["cache_key"], asdict(config), transfer_key, max_length)
+    folder = cache.folder("pruned", key)
+    if cache.is_complete(folder):
+        log.info("prune: reusing cached pruned student %s", folder)
+        return PruneResult(folder / "model", cache.record(folder) | {"cached": True})
+    cache.start(folder)
+    result = _prune(teacher, distilled, config, max_length, folder / "model", transfer)
+    assert result.record is not None
+    cache.finish(folder, result.record | {"cache_key": key})
+    return PruneResult(result.model_dir, result.record | {"cache_key": key, "cached": False})
+
+
+def _prune(
+    teacher: TeacherResult,
+    distilled: DistillResult,
+    config: PruneConfig,
+    max_length: int,
+    out_dir: Path,
+    transfer: TransferSet | None,
+) -> PruneResult:
     started = time.perf_counter()
     settings = distilled.settings  # the searched alpha, temperature, batch size
     splits = teacher.splits
@@ -364,13 +417,7 @@ def run(
     work = Path(tempfile.mkdtemp(prefix="prune-", dir=out_dir.parent))
     try:
         if config.structural:
-            train = tokenized_dataset(
-                tokenizer,
-                splits.texts["train"],
-                max_length,
-                splits.label_ids["train"],
-                teacher.logits["train"],
-            )
+            train = distillation_dataset(tokenizer, teacher, max_length)
             record |= _prune_structure(model, tokenizer, train, config, settings)
             scores["pruned"] = validation_score(model, tokenizer, splits, max_length)
             record["recovery"] = {
@@ -378,6 +425,7 @@ def run(
                 "learning_rate": config.recovery_learning_rate,
                 "alpha": settings.alpha,
                 "temperature": settings.temperature,
+                "transfer_texts": len(transfer.texts) if transfer is not None else 0,
             }
             if config.recovery_epochs > 0:
                 log.info("prune: recovery distillation for %s epochs", config.recovery_epochs)
@@ -385,7 +433,10 @@ def run(
                     settings, epochs=config.recovery_epochs, learning_rate=config.recovery_learning_rate
                 )
                 torch.manual_seed(settings.seed)
-                train_student(model, tokenizer, train, recovery, work / "recovery")
+                if transfer is not None:
+                    train = distillation_dataset(tokenizer, teacher, max_length, transfer)
+                hidden = _hidden_target(teacher, settings, config, record)
+                train_student(model, tokenizer, train, recovery, work / "recovery", hidden=hidden)
                 scores["recovered"] = validation_score(model, tokenizer, splits, max_length)
     finally:
         shutil.rmtree(work, ignore_errors=True)

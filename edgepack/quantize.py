@@ -5,6 +5,10 @@
 `quantize` writes the graph): it picks calibration texts from the training split, quantizes the graph
 (`quantize_graph`), and measures fp32-vs-INT8 agreement and the fp32 graph's own scores.
 
+With `embedding_bits = 4` the word-embedding table is stored in 4-bit blocks (ONNX Runtime's
+GatherBlockQuantized, from its MatMulNBitsQuantizer); the fused EmbedLayerNormalization only takes fp32 or INT8
+tables, so it is written back as plain ops (Gathers, Add, LayerNormalization) first. Every other fusion stays.
+
 We call `onnxruntime.quantization` directly rather than Optimum's `ORTQuantizer`: on an ORT-fused graph
 (ORT 1.32, Optimum 2.1) the latter fails with "Unable to find data type for weight_name"; passing
 `DefaultTensorType=FLOAT`, which Optimum does not expose, fixes it.
@@ -23,6 +27,7 @@ import numpy as np
 
 from edgepack import metrics
 from edgepack.data import LabelledSplits
+from edgepack.errors import StageError
 from edgepack.graphs import graph_logits
 from edgepack.targets import QuantizeConfig
 
@@ -134,18 +139,27 @@ def quantize_graph(
     from onnxruntime import quantization as q
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    unset = [k for k, v in asdict(settings).items() if v is None and (settings.is_static or "calib" not in k)]
+    optional = {"embedding_block_size"} | (
+        set() if settings.is_static else {"calibration_method", "calibration_samples"}
+    )
+    unset = [k for k, v in asdict(settings).items() if v is None and k not in optional]
     if unset:
         raise ValueError(
             f"quantize_graph needs complete settings, {unset} are unset: use QuantizeConfig(...).for_target(name) "
             "or a preset such as QuantizeConfig.avx2()"
         )
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True}
+    fp32_bytes = onnx_path.stat().st_size
     feeds: list[dict[str, np.ndarray]] = []
+    excluded: list[str] = []
+    if settings.embedding_bits == 4:  # the word Gather stays fp32 through INT8, then goes 4-bit
+        onnx_path, word = unfuse_embeddings(onnx_path, out.with_name(f"{out.stem}-unfused.onnx"))
+        excluded = [word]
     if not settings.is_static:
         q.quantize_dynamic(
             str(onnx_path),
             str(out),
+            nodes_to_exclude=excluded,
             weight_type=_qtype(settings.weight_type),
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
@@ -173,8 +187,13 @@ def quantize_graph(
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
             calibrate_method=method,
+            nodes_to_exclude=excluded,
             extra_options=extra | {"ActivationSymmetric": False, "WeightSymmetric": True},
         )
+    if excluded:
+        assert settings.embedding_block_size  # QuantizeConfig sets it with embedding_bits = 4
+        quantize_word_embedding(out, excluded[0], settings.embedding_block_size)
+        log.info("quantize: word embeddings in 4-bit blocks of %d", settings.embedding_block_size)
     counts, int8_matmuls = graph_structure(out)
     record = asdict(settings) | {
         "mode": str(settings.mode),
@@ -185,7 +204,7 @@ def quantize_graph(
         "quantized_matmuls": int8_matmuls,
         "op_counts": counts,
         "int8_bytes": out.stat().st_size,
-        "fp32_bytes": onnx_path.stat().st_size,
+        "fp32_bytes": fp32_bytes,
     }
     if int8_matmuls == 0:
         log.warning("quantize: no MatMul was quantized; the graph will run at fp32 speed")
@@ -196,6 +215,104 @@ def quantize_graph(
         record["int8_bytes"] / 1e6,
     )
     return record
+
+
+def unfuse_embeddings(onnx_path: Path, out: Path) -> tuple[Path, str]:
+    """Write `onnx_path` to `out` with its EmbedLayerNormalization (if any) as plain ops, the other fusions kept;
+    returns `out` and the name of the word-embedding Gather (the one with the most rows)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    fused = next((k for k, n in enumerate(graph.node) if n.op_type == "EmbedLayerNormalization"), None)
+    if fused is not None:
+        plain = _plain_embeddings(graph.node[fused], graph)
+        del graph.node[fused]
+        for k, node in enumerate(plain):
+            graph.node.insert(fused + k, node)
+    rows = {t.name: t.dims[0] for t in graph.initializer if len(t.dims) == 2}
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in rows]
+    if not gathers:
+        raise StageError(
+            "quantize: embedding_bits = 4 found no embedding table (a Gather on a constant 2-D table, or "
+            "EmbedLayerNormalization) in the graph; set [quantize] embedding_bits = 8."
+        )
+    word = max(gathers, key=lambda n: rows[n.input[0]])
+    word.name = word.name or "word_embeddings/Gather"
+    onnx.save(model, str(out))
+    return out, word.name
+
+
+def _plain_embeddings(node: Any, graph: Any) -> list[Any]:
+    """EmbedLayerNormalization as ONNX ops: Gathers of the word, position and token-type tables, their sum,
+    LayerNormalization, and the Attention mask index (tokens per row, as ReduceSum)."""
+    from onnx import helper, numpy_helper
+
+    ids, segments, word, position, segment_table, gamma, beta, mask, positions = [*node.input, *[""] * 9][:9]
+    out, mask_index, summed = [*node.output, "", ""][:3]
+    p = f"{node.name or 'EmbedLayerNormalization'}/"
+    for name, value in (("zero", 0), ("one", 1), ("axis1", [1])):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), p + name))
+    nodes: list[Any] = []
+
+    def op(op_type: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+    total = op("Gather", [word, ids], p + "word")
+    if not positions:  # 0 .. length - 1
+        length = op("Gather", [op("Shape", [ids], p + "shape"), p + "one"], p + "length")
+        positions = op("Range", [p + "zero", length, p + "one"], p + "positions")
+    total = op("Add", [total, op("Gather", [position, positions], p + "position")], p + "sum")
+    if segments:
+        total = op("Add", [total, op("Gather", [segment_table, segments], p + "segment")], p + "sum2")
+    if summed:
+        op("Identity", [total], summed)
+    epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+    op("LayerNormalization", [total, gamma, beta], out, epsilon=epsilon)
+    if mask_index:
+        if not mask:
+            raise StageError(
+                "quantize: embedding_bits = 4 cannot rewrite an EmbedLayerNormalization without a mask"
+            )
+        op("ReduceSum", [mask, p + "axis1"], mask_index, keepdims=0)
+    return nodes
+
+
+def quantize_word_embedding(onnx_path: Path, gather: str, block_size: int) -> None:
+    """Store the table of the Gather named `gather` in 4-bit blocks of `block_size` along the hidden axis, a
+    scale and zero point each (GatherBlockQuantized), in place. A zero-width Gather beside it keeps ids past
+    the table an error, as with INT8 (GatherBlockQuantized answers them with zeros on CPU)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
+    model = onnx.load(str(onnx_path))
+    others = [n.name for n in model.graph.node if n.op_type == "Gather" and n.name != gather]
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=4,
+        block_size=block_size,
+        is_symmetric=False,
+        op_types_to_quantize=("Gather",),
+        quant_axes=(("Gather", 1),),
+        nodes_to_exclude=others,
+    )
+    with np.errstate(invalid="ignore"):  # all-zero blocks (the [PAD] row) get scale 0, handled by ORT
+        quantizer.process()  # also raises the opset to 21 and the IR version to 10 (4-bit types)
+    graph = quantizer.model.model.graph
+    k, node = next((k, n) for k, n in enumerate(graph.node) if n.op_type == "GatherBlockQuantized")
+    rows = next(t.dims[0] for t in graph.initializer if t.name == node.input[0])
+    looked_up, checked, empty = node.output[0], f"{gather}/checked", f"{gather}/no_columns"
+    node.output[0] = f"{gather}/unchecked"
+    graph.initializer.append(numpy_helper.from_array(np.zeros((rows, 0), np.float32), empty))
+    graph.node.insert(k + 1, helper.make_node("Gather", [empty, node.input[1]], [checked], name=checked))
+    concat = helper.make_node(
+        "Concat", [node.output[0], checked], [looked_up], name=f"{gather}/concat", axis=-1
+    )
+    graph.node.insert(k + 2, concat)
+    onnx.save(quantizer.model.model, str(onnx_path))
 
 
 def agreement(fp32_logits: np.ndarray, int8_logits: np.ndarray) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Recipes: one dataclass per stage, loaded from TOML, validated with messages that name the key and value.
 
-A recipe is a TOML file with one table per stage (`[data]`, `[teacher]`, `[distill]`, `[search]`, `[prune]`,
+A recipe is a TOML file with one table per stage (`[data]`, `[teacher]`, `[augment]`, `[distill]`, `[search]`, `[prune]`,
 `[export]`, `[optimize]`, `[quantize]`, `[evaluate]`, `[package]`; `[quantize]` is `edgepack.targets.QuantizeConfig`,
 beside the per-target presets it is completed from). Shipped recipes live in `edgepack/recipes/`
 and are named by their file stem (`clinc`, `clinc-quick`, `clinc-bert`); any other path to a `.toml` file works
@@ -88,9 +88,19 @@ class DistillConfig:
     learning_rate: float = 1e-4
     batch_size: int = 32
     seed: int = 42
+    # Weight of the hidden-state loss: each student layer learns the output of the teacher layer it was copied
+    # from (TinyBERT's layer mapping; needs student = "teacher-layers"). 0 = off.
+    hidden_weight: float = 0.0
 
     def __post_init__(self) -> None:
         check(0 <= self.alpha <= 1, "distill", "alpha", self.alpha, "a number in [0, 1]")
+        check(
+            0 <= self.hidden_weight <= 1000,
+            "distill",
+            "hidden_weight",
+            self.hidden_weight,
+            "a number in [0, 1000]",
+        )
         check(0 < self.temperature <= 100, "distill", "temperature", self.temperature, "a number in (0, 100]")
         check(0 < self.epochs <= 100, "distill", "epochs", self.epochs, "a number in (0, 100]")
         check(
@@ -104,6 +114,54 @@ class DistillConfig:
                 and len(set(self.layers)) == len(self.layers)
             )
             check(ok, "distill", "layers", self.layers, "a non-empty list of distinct teacher layer indices")
+        else:
+            expected = '0: a student not made of the teacher\'s layers has no layer to match (student = "teacher-layers")'
+            check(self.hidden_weight == 0, "distill", "hidden_weight", self.hidden_weight, expected)
+
+
+AUGMENT_STAGES = ("distill", "prune")
+
+
+@dataclass
+class AugmentConfig:
+    """More text for the teacher to label than the training split (Tang et al. 2019; TinyBERT): augmented copies
+    of the training texts and a user's unlabelled in-domain queries. The student learns the teacher's logits on
+    it (the distillation term only; it has no labels). Off by default."""
+
+    copies: int = 0  # augmented copies per training text; 0 = none
+    unlabelled: str | None = None  # a UTF-8 text file, one query per line
+    mask_prob: float = 0.1  # each word becomes the tokenizer's mask token
+    replace_prob: float = 0.1  # each word becomes a word of the training text, drawn by frequency
+    ngram_prob: float = 0.25  # only a random n-gram (1 to 5 words) of the copy is kept
+    mix_prob: float = 0.1  # the copy is the first half of the text and the second half of another class's
+    use_in: list[str] = field(
+        default_factory=lambda: list(AUGMENT_STAGES)
+    )  # the final distillation, recovery
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        check(0 <= self.copies <= 100, "augment", "copies", self.copies, "an integer in 0..100 (0 = none)")
+        for key in ("mask_prob", "replace_prob", "ngram_prob", "mix_prob"):
+            value = getattr(self, key)
+            check(0 <= value <= 1, "augment", key, value, "a probability in [0, 1]")
+        check(
+            self.mask_prob + self.replace_prob <= 1,
+            "augment",
+            "replace_prob",
+            self.replace_prob,
+            "at most 1 - mask_prob (each word is masked, replaced or kept)",
+        )
+        ok = set(self.use_in) <= set(AUGMENT_STAGES) and len(set(self.use_in)) == len(self.use_in)
+        check(ok, "augment", "use_in", self.use_in, f"a list of distinct stages among {list(AUGMENT_STAGES)}")
+        if self.unlabelled is not None:
+            check(bool(self.unlabelled), "augment", "unlabelled", self.unlabelled, "a file path, or unset")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.use_in) and (self.copies > 0 or self.unlabelled is not None)
+
+    def used_in(self, stage: str) -> bool:
+        return self.enabled and stage in self.use_in
 
 
 @dataclass
@@ -163,6 +221,7 @@ class PruneConfig:
     importance_samples: int = 512  # training examples used to score layers, heads and FFN neurons
     recovery_epochs: float = 1.0  # distillation from the teacher's cached logits after pruning; 0 = none
     recovery_learning_rate: float = 5e-5
+    recovery_hidden_weight: float | None = None  # the recovery's hidden-state loss weight; None = [distill]'s
 
     def __post_init__(self) -> None:
         self.vocab = as_enum(VocabMode, self.vocab, "prune", "vocab")
@@ -201,6 +260,14 @@ class PruneConfig:
             self.recovery_learning_rate,
             "a number in (0, 1)",
         )
+        if self.recovery_hidden_weight is not None:
+            check(
+                0 <= self.recovery_hidden_weight <= 1000,
+                "prune",
+                "recovery_hidden_weight",
+                self.recovery_hidden_weight,
+                "a number in [0, 1000], or unset (the distillation's)",
+            )
 
     @property
     def structural(self) -> bool:
@@ -313,6 +380,7 @@ class Recipe:
     threads: int | None = None  # torch / ORT threads during the build; None = all cores
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)

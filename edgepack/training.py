@@ -4,6 +4,10 @@ arguments, logits, the distillation loss and trainer, and the validation score a
 The stage modules import this one and never each other.
 
 loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+Transfer text (edgepack.augment) has no label (NO_LABEL): it adds to the KL term only. With a hidden-state
+target (TinyBERT's layer mapping), `weight * MSE(student layer i, the teacher layer it was copied from)` over the
+real tokens is added, embeddings included.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from edgepack.recipe import DistillConfig
 
 log = logging.getLogger(__name__)
 
+NO_LABEL = -100  # the label of transfer text (the value PyTorch's cross entropy ignores)
+
 
 @dataclass
 class TeacherResult:
@@ -32,6 +38,24 @@ class TeacherResult:
     splits: LabelledSplits  # labels in the teacher's own order
     logits: dict[str, np.ndarray]  # per split
     record: dict[str, Any]
+
+
+@dataclass
+class TransferSet:
+    """Unlabelled text with the teacher's logits on it (edgepack.augment): the distillation term only."""
+
+    texts: list[str]
+    logits: np.ndarray
+    record: dict[str, Any]
+
+
+@dataclass
+class HiddenStateTarget:
+    """The teacher's hidden states as a second target: student layer i learns teacher layer `layer_map[i]`."""
+
+    teacher: Any  # the teacher classifier, run without gradients
+    layer_map: list[int]
+    weight: float
 
 
 @dataclass
@@ -60,6 +84,20 @@ def tokenized_dataset(
     if teacher_logits is not None:
         columns["teacher_logits"] = teacher_logits.astype(np.float32).tolist()
     return Dataset.from_dict(columns)
+
+
+def distillation_dataset(
+    tokenizer: Any, teacher: TeacherResult, max_length: int, transfer: TransferSet | None = None
+) -> Any:
+    """The training split with its labels and the teacher's logits, and the transfer text if any."""
+    texts = teacher.splits.texts["train"]
+    labels = teacher.splits.label_ids["train"]
+    logits = teacher.logits["train"]
+    if transfer is not None:
+        texts = list(texts) + transfer.texts
+        labels = np.concatenate([labels, np.full(len(transfer.texts), NO_LABEL, dtype=labels.dtype)])
+        logits = np.concatenate([logits, transfer.logits])
+    return tokenized_dataset(tokenizer, texts, max_length, labels, logits)
 
 
 class PadCollator:
@@ -136,26 +174,42 @@ def predict_logits(
 class DistillationTrainer(Trainer):
     """Trainer whose loss mixes the hard-label CE with the temperature-softened KL to the teacher's logits."""
 
-    def __init__(self, *args: Any, alpha: float, temperature: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        alpha: float,
+        temperature: float,
+        hidden: HiddenStateTarget | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.alpha = alpha
         self.temperature = temperature
+        self.hidden = hidden
+        if hidden is not None:
+            hidden.teacher.eval()
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         teacher_logits = inputs.pop("teacher_logits")
-        outputs = model(**inputs)
-        loss = distillation_loss(
-            outputs.logits, teacher_logits, inputs["labels"], self.alpha, self.temperature
-        )
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, output_hidden_states=self.hidden is not None)
+        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature)
+        if self.hidden is not None:
+            with torch.no_grad():
+                target = self.hidden.teacher(**inputs, output_hidden_states=True).hidden_states
+            loss = loss + self.hidden.weight * hidden_state_loss(
+                outputs.hidden_states, target, self.hidden.layer_map, inputs["attention_mask"]
+            )
         return (loss, outputs) if return_outputs else loss
 
 
 def distillation_loss(
     student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
 ) -> torch.Tensor:
-    ce = F.cross_entropy(student, labels)
+    labelled = labels != NO_LABEL
+    ce = F.cross_entropy(student[labelled], labels[labelled]) if labelled.any() else student.new_zeros(())
     kd = (
         F.kl_div(
             F.log_softmax(student / temperature, dim=-1),
@@ -165,6 +219,20 @@ def distillation_loss(
         * temperature**2
     )
     return alpha * ce + (1.0 - alpha) * kd
+
+
+def hidden_state_loss(
+    student: Sequence[torch.Tensor],
+    teacher: Sequence[torch.Tensor],
+    layer_map: Sequence[int],
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean squared error between the student's hidden states and the teacher layers they map to, over real
+    tokens; index 0 of both is the embedding output, index i + 1 layer i's output."""
+    mask = attention_mask.unsqueeze(-1).to(student[0].dtype)
+    count = mask.sum() * student[0].shape[-1]
+    pairs = [(0, 0), *((i + 1, t + 1) for i, t in enumerate(layer_map))]
+    return torch.stack([(((student[i] - teacher[j]) ** 2) * mask).sum() / count for i, j in pairs]).mean()
 
 
 def validation_score(model: Any, tokenizer: Any, splits: LabelledSplits, max_length: int) -> float:
@@ -185,11 +253,13 @@ def train_student(
     config: DistillConfig,
     out: Path,
     callbacks: list[Any] | None = None,
+    hidden: HiddenStateTarget | None = None,
 ) -> Any:
     """Distil into `model` in place with `config`'s alpha, temperature, epochs, learning rate and batch size.
 
     `train` is a tokenized dataset carrying `teacher_logits` (see `training.tokenized_dataset`). Used for the
-    search trials, the final student and the prune stage's recovery.
+    search trials, the final student and the prune stage's recovery. `hidden`: also match the teacher's hidden
+    states.
     """
     args = training_arguments(
         out,
@@ -206,6 +276,7 @@ def train_student(
         callbacks=callbacks,
         alpha=config.alpha,
         temperature=config.temperature,
+        hidden=hidden,
     )
     trainer.train()
     return model

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from edgepack.pipeline import STAGES  # every stage module, in order
+
 PACKAGE = Path(__file__).resolve().parents[1] / "edgepack"
-STAGES = ("data", "teacher", "distill", "prune", "export", "optimize", "quantize", "package", "evaluate")
 
 
 def _module_name(path: Path) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from edgepack_runtime.bench import SAMPLE_QUERIES, summarize
 from test_pipeline import _tiny_overrides
 from tokenizers import Tokenizer
 
+from edgepack.bench import contenders as lib
 from edgepack.bench.contenders import bundle_teacher
 from edgepack.bench.floor import gemm_rates, kernel_macs, profile_graph
 from edgepack.bench.measure import SCHEMA
@@ -27,6 +30,7 @@ ROW_KEYS = {
     "path",
     "highlight",
     "size",
+    "build",
     "latency",
     "throughput",
     "accuracy",
@@ -98,10 +102,10 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
     rates = report["gemm_rates"]
     assert rates["threads"] == 1 and rates["int8"] == max(rates["int8_u8_weights"], rates["int8_s8_weights"])
     rows = report["contenders"]
-    assert [r["kind"] for r in rows] == ["teacher", "peer", "bundle", "bundle"]
-    assert rows[2]["name"] != rows[3]["name"], "the same bundle twice gets two names"
-    assert [r["highlight"] for r in rows] == [False, False, True, False]
-    bundle_method = rows[2]["accuracy"]["oos_method"]
+    assert [r["kind"] for r in rows] == ["teacher", "optimum", "peer", "bundle", "bundle"]
+    assert rows[3]["name"] != rows[4]["name"], "the same bundle twice gets two names"
+    assert [r["highlight"] for r in rows] == [False, False, False, True, False]
+    bundle_method = rows[3]["accuracy"]["oos_method"]
     for row in rows:
         assert set(row) == ROW_KEYS
         lat = row["latency"]
@@ -121,6 +125,7 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
         shares_rule = row["kind"] != "peer" or bundle_method == "max_probability"
         assert row["vs_teacher"]["accuracy_basis"] == ("threshold" if shares_rule else "argmax")
         assert (row["floor"] is None) == (row["kind"] != "bundle")
+        assert (row["build"] is None) == (row["kind"] != "optimum")
         curves = acc["tradeoff"]
         assert set(curves) == {"test", "validation"}, "CLINC-format data: validation curves too"
         for curve in curves.values():
@@ -128,8 +133,11 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
             assert curve["in_scope_accuracy"][0] >= curve["in_scope_accuracy"][-1] == 0.0
             assert curve["oos_recall"][0] <= curve["oos_recall"][-1] == 1.0
             assert (curve["shipped"] is None) == (acc["threshold"] is None)
-    teacher_row, peer_row, bundle_row = rows[0], rows[1], rows[2]
+    teacher_row, optimum_row, peer_row, bundle_row = rows[:4]
     assert teacher_row["accuracy"]["threshold_source"] == "validation"
+    assert optimum_row["accuracy"]["threshold_source"] == "validation"
+    assert optimum_row["size"]["bytes"] == Path(optimum_row["path"]).stat().st_size
+    assert f"{optimum_row['name']}: ORTOptimizer {optimum_row['build']['optimization_level']}" in output
     assert bundle_row["accuracy"]["threshold_source"] == "bundle"
     # The peer's pipeline returns probabilities only: it shares the bundle's threshold when the bundle's rule
     # is the top probability, and answers by argmax when the bundle's graph computes its own score.
@@ -168,7 +176,7 @@ def test_single_split_data_compares_with_the_teacher_by_argmax(
     bundle, teacher = built
     out_json = tmp_path / "r.json"
     args = [str(bundle), "--teacher", str(teacher), "--data", str(tiny_data / "test.csv"), "--no-floor"]
-    code, output = _bench(*args, "--json", str(out_json), *FAST)
+    code, output = _bench(*args, "--no-optimum-teacher", "--json", str(out_json), *FAST)
     assert code == 0, output
     report = json.loads(out_json.read_text())
     teacher_row, bundle_row = report["contenders"]
@@ -238,8 +246,9 @@ def test_missing_teacher_and_peer_are_skipped(
     assert code == 0, output
     assert "skipping the teacher: Model 'nobody/no-such-model'" in output
     assert "skipping the peer: optimum's onnxruntime support is not installed" in output
+    assert "skipping Optimum's INT8 model of the teacher: optimum's onnxruntime support" in output
     report = json.loads(out_json.read_text())
-    assert [s["contender"] for s in report["skipped"]] == ["teacher", "peer"]
+    assert [s["contender"] for s in report["skipped"]] == ["teacher", "optimum", "peer"]
     assert [r["kind"] for r in report["contenders"]] == ["bundle"]
 
 
@@ -289,14 +298,79 @@ def test_the_bundles_own_teacher_by_default(
     assert code == 0, output
     assert f"comparing with the bundle's teacher at {teacher}" in output
     report = json.loads(out_json.read_text())
-    assert [r["kind"] for r in report["contenders"]] == ["teacher", "bundle"]
+    assert [r["kind"] for r in report["contenders"]] == ["teacher", "optimum", "bundle"]
     assert report["contenders"][0]["path"] == str(teacher)
+    code, output = _bench(*args, "--no-optimum-teacher", *FAST)
+    assert code == 0, output
+    assert [r["kind"] for r in json.loads(out_json.read_text())["contenders"]] == ["teacher", "bundle"]
     code, output = _bench(*args, "--no-teacher", *FAST)
     assert code == 0, output
     assert "comparing with" not in output
     assert [r["kind"] for r in json.loads(out_json.read_text())["contenders"]] == ["bundle"]
     code, output = _bench(str(bundle), "--teacher", str(teacher), "--no-teacher")
     assert code == 2 and "--no-teacher" in output
+
+
+def _pairs(path: Path) -> list[tuple[str, str]]:
+    with path.open(encoding="utf-8") as handle:
+        return [(row["text"], row["label"]) for row in csv.DictReader(handle)]
+
+
+def test_optimum_teacher_is_built_once_and_answers(built: tuple[Path, Path], tiny_data: Path) -> None:
+    """Export, ORTOptimizer (O2, else O1), avx2 dynamic INT8: cached beside the teacher's cache folder."""
+    import onnx
+
+    teacher = built[1]
+    for earlier in teacher.parent.parent.glob("optimum-*"):  # built by an earlier test: build it here
+        shutil.rmtree(earlier)
+    logs: list[str] = []
+    c = lib.optimum_teacher_contender(str(teacher), 1, 32, _pairs(tiny_data / "validation.csv"), logs.append)
+    assert c.kind == "optimum" and c.path.parent.parent == teacher.parent.parent
+    assert c.path.parent.name.startswith("optimum-") and (c.path.parent / ".complete").is_file()
+    assert c.build is not None
+    level = c.build["optimization_level"]
+    assert level in lib.OPTIMUM_LEVELS and c.name == f"teacher (optimum {level} int8)"
+    assert list(c.build["failed_levels"]) == list(lib.OPTIMUM_LEVELS[: lib.OPTIMUM_LEVELS.index(level)])
+    assert c.size["bytes"] == c.path.stat().st_size
+    ops = [node.op_type for node in onnx.load(str(c.path)).graph.node]
+    assert ops.count("DynamicQuantizeLinear") > 0 and ops.count("MatMulInteger") > 0, "not quantized"
+    assert c.threshold is not None and c.threshold_source == "validation" and c.oos_label == "oos"
+    assert c.predict("what is the weather today") in c.labels
+    probs, _ = c.scored_batch(["set an alarm", "how tall is everest"], 2)
+    assert probs.shape == (2, len(c.labels)) and abs(float(probs[0].sum()) - 1) < 1e-4
+    assert any("building Optimum's INT8 model" in line for line in logs)
+    logs.clear()
+    again = lib.optimum_teacher_contender(str(teacher), 1, 32, None, logs.append)
+    assert again.path == c.path and again.build == c.build and not logs, "built twice"
+
+
+def test_optimum_teacher_that_fails_every_level_is_skipped(
+    built: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lib, "OPTIMUM_LEVELS", ("O9",))  # a level Optimum does not have
+    with pytest.raises(lib.SkipContender, match=r"Optimum cannot build an INT8 model of .*O9: ") as err:
+        lib.optimum_teacher_contender(str(built[1]), 1, 32)
+    assert "\n" not in str(err.value)
+    assert not [p for p in built[1].parent.parent.glob("optimum-*") if not (p / ".complete").exists()]
+
+
+def test_a_broken_teacher_folder_is_skipped_with_its_reason(
+    built: tuple[Path, Path], tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(built[1], broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    monkeypatch.chdir(tmp_path)  # a teacher outside a build's cache: Optimum's model goes to .cache/edgepack
+    out_json = tmp_path / "r.json"
+    args = [str(built[0]), "--teacher", str(broken), "--data", str(tiny_data / "test.csv"), "--no-floor"]
+    code, output = _bench(*args, "--json", str(out_json), *FAST)
+    assert code == 0, output
+    assert "skipping the teacher: cannot load the teacher" in output
+    assert "skipping Optimum's INT8 model of the teacher: Optimum cannot build an INT8 model of" in output
+    report = json.loads(out_json.read_text())
+    assert [s["contender"] for s in report["skipped"]] == ["teacher", "optimum"]
+    assert [r["kind"] for r in report["contenders"]] == ["bundle"]
+    assert list((tmp_path / ".cache" / "edgepack").glob("optimum-*")) == [], "a failed build left files"
 
 
 def test_bundle_teacher_reads_the_manifest_and_the_cache(tmp_path: Path) -> None:

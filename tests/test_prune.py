@@ -60,11 +60,12 @@ def taught(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model
 def _distilled(taught: TeacherResult) -> DistillResult:
     """The fine-tuned model stands in for a distilled student, with the settings recovery reuses."""
     settings = DistillConfig(epochs=1, learning_rate=1e-3, batch_size=8)
-    return DistillResult(taught.model_dir, settings, {"settings": asdict(settings), "validation_score": None})
+    record = {"settings": asdict(settings), "validation_score": None, "cache_key": "fine-tuned"}
+    return DistillResult(taught.model_dir, settings, record)
 
 
 def _run(taught: TeacherResult, out: Path, **knobs: Any) -> prune.PruneResult:
-    return prune.run(taught, _distilled(taught), PruneConfig(**knobs), MAX_LENGTH, out / "pruned")
+    return prune.run(taught, _distilled(taught), PruneConfig(**knobs), MAX_LENGTH, Cache(out / "cache"))
 
 
 def _export_fuse_quantize(model_dir: Path, work: Path) -> tuple[dict, dict, dict]:
@@ -77,7 +78,7 @@ def _export_fuse_quantize(model_dir: Path, work: Path) -> tuple[dict, dict, dict
 def test_nothing_enabled_passes_the_student_through(tmp_path: Path, taught: TeacherResult) -> None:
     result = _run(taught, tmp_path)
     assert result.model_dir == taught.model_dir and result.record is None
-    assert not (tmp_path / "pruned").exists()
+    assert not (tmp_path / "cache").exists()
     assert load_recipe("clinc").prune.enabled is False  # the default recipe does not prune
     assert STAGES.index("prune") == STAGES.index("distill") + 1
 
@@ -419,6 +420,9 @@ def test_build_with_pruning_on(tmp_path: Path, tiny_data: Path, tiny_model: Path
     bundle = build(load_recipe("clinc", overrides))
     manifest = verify_bundle(bundle)
     pruning = manifest["pruning"]
+    assert pruning["cached"] is False
+    again = verify_bundle(build(load_recipe("clinc", overrides | {"package.name": "again"})))
+    assert again["pruning"]["cached"] is True and again["pruning"]["cache_key"] == pruning["cache_key"]
     assert pruning["before"]["layers"] == 2 and pruning["after"]["layers"] == 1
     assert pruning["after"]["heads"] == [1] and pruning["after"]["intermediate_size"] == [32]
     assert pruning["parameters"]["after"] < pruning["parameters"]["before"]

@@ -1,8 +1,10 @@
 """`edgepack bench`: bundles, their teacher and a peer runtime measured side by side. Measuring, not building:
 nothing in the build imports this package, and what only it needs is the `bench` extra
-(`pip install 'edgepack[bench]'`: Optimum's ONNX Runtime support for the peer, matplotlib for the plot).
+(`pip install 'edgepack[bench]'`: Optimum's ONNX Runtime support for the peer and Optimum's INT8 teacher,
+matplotlib for the plot).
 
-  contenders  what is measured: bundles through edgepack_runtime, the teacher in PyTorch, the Optimum peer
+  contenders  what is measured: bundles through edgepack_runtime, the teacher in PyTorch, Optimum's INT8
+              model of the teacher, the Optimum peer
   measure     how: interleaved batch-1 latency, throughput, accuracy, and the JSON report (its keys documented)
   floor       each bundle's physical floor: its graph's multiply-accumulates over this CPU's GEMM rates
   report      the terminal tables and the plot, drawn from the JSON report alone

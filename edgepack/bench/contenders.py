@@ -6,6 +6,9 @@ Contenders (in this order):
             (torch.set_num_threads(threads)), truncating at the first bundle's max_length; its out-of-scope
             threshold is chosen on the validation data (as the build chose the bundles'), when there is some.
             By default the first bundle's own teacher, when its build's cache still holds it (bundle_teacher)
+  optimum   what Optimum makes of that teacher in its documented way: export, ORTOptimizer (O2, else O1),
+            ORTQuantizer with AutoQuantizationConfig.avx2 dynamic INT8, its pipeline; built once and cached
+            beside the teacher's cache folder (optimum-<key>); its own threshold chosen on validation
   peer      the first bundle's model.onnx through Optimum's ORTModelForSequenceClassification in a transformers
             pipeline (ORT intra-op threads); the bundle's out-of-scope threshold applies to its probabilities
             when the bundle's rule is the top probability (a score the graph computes is not returned by the
@@ -49,6 +52,7 @@ class Contender:
     direction: str = "below"  # which side of the threshold is out of scope
     highlight: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)  # bundles only
+    build: dict[str, Any] | None = None  # how the contender's model was made (optimum only)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -142,13 +146,10 @@ def bundle_teacher(bundle: Path, root: Path | None = None) -> tuple[Path | None,
     return model, cache.is_complete(folder) and model.is_dir()
 
 
-def teacher_contender(
-    spec: str, threads: int, max_length: int, validation: Sequence[tuple[str, str]] | None = None
-) -> Contender:
-    """The teacher in PyTorch behind a transformers pipeline, with an out-of-scope threshold chosen on
-    `validation` when given. Raises SkipContender with the reason."""
+def _teacher_folder(spec: str) -> tuple[Path, list[str]]:
+    """The fine-tuned teacher's folder and labels. Raises SkipContender with the reason."""
     from edgepack.errors import EdgepackError
-    from edgepack.models import finetuned_labels, load_tokenizer, resolve_model
+    from edgepack.models import finetuned_labels, resolve_model
 
     try:
         folder = resolve_model(spec)
@@ -157,12 +158,36 @@ def teacher_contender(
         raise SkipContender(str(exc)) from None
     if labels is None:
         raise SkipContender(f"{folder} is not a fine-tuned classifier (its config names no labels)")
+    return folder, labels
+
+
+def _thresholded(c: Contender, validation: Sequence[tuple[str, str]] | None) -> Contender:
+    """`c` with its out-of-scope threshold chosen on `validation`, when there is one and c has an oos label."""
+    if validation and c.oos_label is not None:
+        c.threshold = validation_threshold(c, validation)
+        c.threshold_source = "validation"
+    return c
+
+
+def teacher_contender(
+    spec: str, threads: int, max_length: int, validation: Sequence[tuple[str, str]] | None = None
+) -> Contender:
+    """The teacher in PyTorch behind a transformers pipeline, with an out-of-scope threshold chosen on
+    `validation` when given. Raises SkipContender with the reason."""
+    from edgepack.models import load_tokenizer
+
+    folder, labels = _teacher_folder(spec)
     import torch
     from transformers import AutoModelForSequenceClassification, pipeline
 
     torch.set_num_threads(threads)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
-    classify = pipeline("text-classification", model=model, tokenizer=load_tokenizer(folder), device="cpu")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
+        classify = pipeline(
+            "text-classification", model=model, tokenizer=load_tokenizer(folder), device="cpu"
+        )
+    except Exception as exc:  # damaged weights or tokenizer files raise many types; any of them means "skip"
+        raise SkipContender(f"cannot load the teacher {folder}: {_one_line(exc)}") from None
     files = list(folder.glob("*.safetensors"))
     size = sum(f.stat().st_size for f in files) or sum(
         t.numel() * t.element_size() for t in model.state_dict().values()
@@ -176,10 +201,115 @@ def teacher_contender(
         labels=labels,
         oos_label=_oos_of(labels),
     )
-    if validation and teacher.oos_label is not None:
-        teacher.threshold = validation_threshold(teacher, validation)
-        teacher.threshold_source = "validation"
-    return teacher
+    return _thresholded(teacher, validation)
+
+
+# ORTOptimizer levels, tried in order (ORTQuantizer fails on O2's output with ORT 1.32: DESIGN.md, pitfalls)
+OPTIMUM_LEVELS = ("O2", "O1")
+OPTIMUM_PER_CHANNEL = True  # AutoQuantizationConfig.avx2's default, and the cpu-avx2 bundles'
+
+
+def optimum_teacher_build(folder: Path, log: Log = lambda message: None) -> tuple[Path, dict[str, Any]]:
+    """(folder holding model.onnx, its record): Optimum's dynamic INT8 model of the teacher in `folder`, built
+    once and cached as `optimum-<key>` beside the teacher's cache folder (`<cache>/teacher-<key>/model`), or
+    under the default cache for another teacher; keyed by the teacher's bytes, the settings and the versions.
+    Raises SkipContender with the reason when Optimum cannot export, optimize or quantize it."""
+    from importlib.metadata import version
+
+    from edgepack.cache import Cache, cache_key, hash_folder
+    from edgepack.recipe import Recipe
+
+    in_cache = folder.name == "model" and folder.parent.name.startswith("teacher-")
+    cache = Cache(folder.parent.parent if in_cache else Recipe.cache_dir)
+    tools = {name: version(name) for name in ("optimum-onnx", "onnxruntime", "transformers", "torch")}
+    settings = {"levels": OPTIMUM_LEVELS, "quantization": "avx2 dynamic", "per_channel": OPTIMUM_PER_CHANNEL}
+    out = cache.folder("optimum", cache_key(hash_folder(folder), settings, tools))
+    if cache.is_complete(out):
+        return out, cache.record(out)
+    log(f"building Optimum's INT8 model of the teacher (once; cached in {out}) ...")
+    cache.start(out)
+    try:
+        record = _optimum_build(folder, out, log) | {"teacher": str(folder), "versions": tools}
+    except Exception as exc:  # optimum, onnx and onnxruntime raise many types; any of them means "skip"
+        shutil.rmtree(out, ignore_errors=True)
+        reason = str(exc) if isinstance(exc, SkipContender) else _one_line(exc)
+        raise SkipContender(f"Optimum cannot build an INT8 model of {folder}: {reason}") from None
+    cache.finish(out, record)
+    return out, record
+
+
+def _optimum_build(folder: Path, out: Path, log: Log) -> dict[str, Any]:
+    """Export, optimize, quantize into `out` (model.onnx, config, tokenizer); the record of what was done."""
+    import time
+    import warnings
+
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
+
+    from edgepack.models import load_tokenizer
+
+    start, work, failed = time.perf_counter(), out / "work", {}
+    quantization = AutoQuantizationConfig.avx2(is_static=False, per_channel=OPTIMUM_PER_CHANNEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's tracer warnings
+        log("  optimum: exporting to ONNX ...")
+        model = ORTModelForSequenceClassification.from_pretrained(folder, export=True)
+        model.save_pretrained(work / "export")
+        for level in OPTIMUM_LEVELS:
+            log(f"  optimum: optimizing at {level} and quantizing ...")
+            try:
+                config = AutoOptimizationConfig.with_optimization_level(level)
+                ORTOptimizer.from_pretrained(work / "export").optimize(config, save_dir=work / level)
+                quantizer = ORTQuantizer.from_pretrained(work / level, file_name="model_optimized.onnx")
+                quantizer.quantize(quantization, save_dir=work / level / "int8")
+                break
+            except Exception as exc:  # any failure: the next level is the fallback
+                failed[level] = _one_line(exc)
+                log(f"  optimum: {level} failed ({failed[level]})")
+        else:
+            raise SkipContender("; ".join(f"{level}: {reason}" for level, reason in failed.items()))
+    (work / level / "int8" / "model_optimized_quantized.onnx").rename(out / "model.onnx")
+    shutil.copyfile(work / "export" / "config.json", out / "config.json")
+    load_tokenizer(folder).save_pretrained(out)  # without the fixed padding some tokenizer.json files carry
+    shutil.rmtree(work)
+    return {
+        "optimization_level": level,
+        "failed_levels": failed,
+        "quantization": {"preset": "avx2", "is_static": False, "per_channel": OPTIMUM_PER_CHANNEL},
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def optimum_teacher_contender(
+    spec: str,
+    threads: int,
+    max_length: int,
+    validation: Sequence[tuple[str, str]] | None = None,
+    log: Log = lambda message: None,
+) -> Contender:
+    """Optimum's INT8 model of the teacher (optimum_teacher_build) through Optimum's pipeline, with its own
+    out-of-scope threshold chosen on `validation` when given. Raises SkipContender with the reason."""
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise SkipContender(f"optimum's onnxruntime support is not installed ({exc})") from None
+    folder, labels = _teacher_folder(spec)
+    out, record = optimum_teacher_build(folder, log)
+    try:
+        classify = optimum_pipeline(out, threads)
+    except Exception as exc:
+        raise SkipContender(f"Optimum cannot load {out / 'model.onnx'}: {_one_line(exc)}") from None
+    c = Contender(
+        f"teacher (optimum {record['optimization_level']} int8)",
+        "optimum",
+        out / "model.onnx",
+        *_pipeline_calls(classify, max_length, labels),
+        size={"bytes": (out / "model.onnx").stat().st_size, "total_bytes": None},
+        labels=labels,
+        oos_label=_oos_of(labels),
+        build=record,
+    )
+    return _thresholded(c, validation)
 
 
 def validation_threshold(c: Contender, validation: Sequence[tuple[str, str]], batch_size: int = 64) -> float:
@@ -222,11 +352,11 @@ def pipeline_folder(
 
 
 def optimum_pipeline(folder: Path, threads: int) -> Any:
-    """A transformers text-classification pipeline around Optimum's ORTModelForSequenceClassification for the
-    model.onnx in `folder` (see pipeline_folder), on `threads` intra-op threads."""
+    """Optimum's text-classification pipeline around its ORTModelForSequenceClassification for the model.onnx
+    in `folder` (see pipeline_folder), on `threads` intra-op threads."""
     from edgepack_runtime.classifier import session_options
-    from optimum.onnxruntime import ORTModelForSequenceClassification
-    from transformers import AutoTokenizer, pipeline
+    from optimum.onnxruntime import ORTModelForSequenceClassification, pipeline
+    from transformers import AutoTokenizer
 
     model = ORTModelForSequenceClassification.from_pretrained(
         folder,
@@ -292,10 +422,12 @@ def load_contenders(
     contenders: list[Contender],
     skipped: list[dict[str, str]],
     log: Log = lambda message: None,
+    optimum_teacher: bool = True,
 ) -> None:
-    """Append teacher, peer and bundles to `contenders` (in that order; the first bundle highlighted and run
-    by the peer). A teacher or peer that cannot run here goes to `skipped` with its one-line reason; a bundle
-    that is not valid raises InvalidBundle."""
+    """Append teacher, Optimum's INT8 teacher (unless `optimum_teacher` is false), peer and bundles to
+    `contenders` (in that order; the first bundle highlighted and run by the peer). A contender other than a
+    bundle that cannot run here goes to `skipped` with its one-line reason; a bundle that is not valid raises
+    InvalidBundle."""
     from edgepack_runtime import BundleError
 
     loaded = []
@@ -306,22 +438,32 @@ def load_contenders(
         except BundleError as exc:
             raise InvalidBundle(f"{path} is not a valid bundle: {exc}") from None
     loaded[0].highlight = True
+    max_length = loaded[0].manifest["model"]["max_length"]
+    later = " (its out-of-scope threshold chosen on validation data)" * bool(validation)
+    optional: list[tuple[str, str, Callable[[], Contender]]] = []  # (kind, what it is, how to load it)
     if teacher is not None:
-        log(
-            f"loading teacher {teacher}"
-            + " (and choosing its threshold on validation data)" * bool(validation)
+        optional.append(
+            (
+                "teacher",
+                "the teacher",
+                lambda: teacher_contender(teacher, threads, max_length, validation),
+            )
         )
-        try:
-            max_length = loaded[0].manifest["model"]["max_length"]
-            contenders.append(teacher_contender(teacher, threads, max_length, validation))
-        except SkipContender as exc:
-            skipped.append({"contender": "teacher", "reason": str(exc)})
-            log(f"skipping the teacher: {exc}")
+    if teacher is not None and optimum_teacher:
+        optional.append(
+            (
+                "optimum",
+                "Optimum's INT8 model of the teacher",
+                lambda: optimum_teacher_contender(teacher, threads, max_length, validation, log),
+            )
+        )
     if peer == "optimum":
-        log("loading the Optimum peer ...")
+        optional.append(("peer", "the peer", lambda: optimum_contender(loaded[0], threads)))
+    for kind, what, load in optional:
+        log(f"loading {what}" + later * (kind != "peer") + " ...")
         try:
-            contenders.append(optimum_contender(loaded[0], threads))
+            contenders.append(load())
         except SkipContender as exc:
-            skipped.append({"contender": "peer", "reason": str(exc)})
-            log(f"skipping the peer: {exc}")
+            skipped.append({"contender": kind, "reason": str(exc)})
+            log(f"skipping {what}: {exc}")
     contenders.extend(loaded)

@@ -21,16 +21,22 @@ JSON report (`--json FILE`), keys:
   settings        {"threads", "batch_size", "runs" (timed calls per contender), "warmup" (untimed calls per
                    contender), "block" (consecutive calls per contender in a round),
                    "queries" (distinct latency queries), "data" (path or null), "data_texts" (labeled texts or 0)}
-  skipped         [{"contender": "teacher" | "peer", "reason": one line}] for contenders asked for but not run
+  skipped         [{"contender": "teacher" | "optimum" | "peer", "reason": one line}] for contenders asked for
+                   but not run
   gemm_rates      null with no floor measured, else {"threads", "shape": [M, K, N], "fp32", "int8_u8_weights",
                    "int8_s8_weights", "int8" (the faster INT8)} in multiply-accumulates per second
-  contenders      list, in the order of edgepack.bench.contenders (teacher, peer, bundles); each:
-    name          display name (bundle: its folder name; teacher: "teacher"; peer: "<bundle> (optimum)")
-    kind          "teacher" | "peer" | "bundle"
+  contenders      list, in the order of edgepack.bench.contenders (teacher, optimum, peer, bundles); each:
+    name          display name (bundle: its folder name; teacher: "teacher"; optimum: "teacher (optimum <level>
+                   int8)"; peer: "<bundle> (optimum)")
+    kind          "teacher" | "optimum" | "peer" | "bundle"
     path          the model folder, bundle folder or model.onnx measured
     highlight     true for the first bundle (the one the plot highlights)
     size          {"bytes": weights on disk (teacher: safetensors files, or its state dict's bytes when it has
-                   none; peer and bundle: model.onnx), "total_bytes": the whole bundle (bundle only, else null)}
+                   none; optimum, peer and bundle: model.onnx), "total_bytes": the whole bundle (bundle only,
+                   else null)}
+    build         optimum only, else null: {"optimization_level" (the ORTOptimizer level that worked),
+                   "failed_levels" ({level: one-line reason} for those tried before it), "quantization",
+                   "build_seconds", "teacher", "versions"}, as cached with its model
     latency       {"runs", "warmup", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms"} at batch 1
     throughput    {"batch_size", "texts", "seconds", "texts_per_s"}
     accuracy      null without data, else {"texts", "accuracy" (as the contender answers: with its threshold
@@ -277,6 +283,7 @@ def run(
             "path": str(c.path),
             "highlight": c.highlight,
             "size": c.size,
+            "build": c.build,
             "latency": latencies[c.name],
             "throughput": throughput(c, texts, batch_size),
             "accuracy": None,

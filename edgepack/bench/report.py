@@ -91,13 +91,11 @@ def format_table(report: dict[str, Any]) -> str:
     columns = ["contender", "size MB", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "texts/s"]
     columns += ["accuracy", "argmax", "in-scope", "oos recall", "speed-up", "size x", "acc delta"]
     lines = [head, "", *_aligned([columns, *map(_contender_row, report["contenders"])]), ""]
+    lines.append("* first bundle. accuracy: as answered, with the contender's out-of-scope rule (bundles:")
     lines.append(
-        "* first bundle. accuracy: as answered, with the contender's out-of-scope rule (bundles: shipped;"
+        "  shipped; teacher and optimum: top probability, threshold chosen on validation data; peer:"
     )
-    lines.append(
-        "  teacher: top probability, threshold chosen on validation data; peer: the bundle's, when it is"
-    )
-    lines.append("  the top probability, else argmax); argmax: without it.")
+    lines.append("  the bundle's, when it is the top probability, else argmax); argmax: without it.")
     lines.append("  speed-up: teacher p50 / p50; size x: bytes / teacher bytes; acc delta: vs the teacher,")
     lines.append("  both thresholded, or both argmax when either has no threshold.")
     for c in report["contenders"]:
@@ -108,6 +106,10 @@ def format_table(report: dict[str, Any]) -> str:
             )
         if acc.get("unknown_labels"):
             lines.append(f"  {c['name']} does not know these gold labels: {', '.join(acc['unknown_labels'])}")
+        if c.get("build"):
+            b = c["build"]
+            tried = "".join(f"; {level} failed: {why}" for level, why in b["failed_levels"].items())
+            lines.append(f"  {c['name']}: ORTOptimizer {b['optimization_level']}{tried}")
     lines += _floor_lines(report)
     lines += [f"skipped {s['contender']}: {s['reason']}" for s in report["skipped"]]
     return "\n".join(lines)
