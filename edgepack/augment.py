@@ -15,6 +15,7 @@ corpora or downloads with them and lack n-gram sampling and the teacher's mask t
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -32,6 +33,7 @@ from edgepack.training import TeacherResult, TransferSet, predict_logits
 log = logging.getLogger(__name__)
 
 MAX_NGRAM = 5
+CACHE_FORMAT = "texts.json"  # in the cache key: folders written as texts.txt (one text per line) are not read
 
 
 class _Augmenter:
@@ -121,18 +123,17 @@ def run(teacher: TeacherResult, config: AugmentConfig, max_length: int, cache: C
     """The transfer text and the teacher's logits on it (cached), or None when `[augment]` is off."""
     if not config.enabled:
         return None
-    key = cache_key(
-        teacher.record["cache_key"], _made_by(config), _unlabelled_fingerprint(config), max_length
-    )
+    parts = (teacher.record["cache_key"], _made_by(config), _unlabelled_fingerprint(config), max_length)
+    key = cache_key(*parts, CACHE_FORMAT)
     folder = cache.folder("transfer", key)
     if cache.is_complete(folder):
         log.info("augment: reusing cached transfer text %s", folder)
-        texts = (folder / "texts.txt").read_text(encoding="utf-8").split("\n")
+        texts = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
         logits = np.load(folder / "logits.npy")
         return TransferSet(texts, logits, cache.record(folder) | {"cached": True})
     cache.start(folder)
     result = _make(teacher, config, max_length, key)
-    (folder / "texts.txt").write_text("\n".join(result.texts), encoding="utf-8")
+    (folder / "texts.json").write_text(json.dumps(result.texts, ensure_ascii=False), encoding="utf-8")
     np.save(folder / "logits.npy", result.logits)
     cache.finish(folder, result.record)
     return TransferSet(result.texts, result.logits, result.record | {"cached": False})
@@ -147,7 +148,7 @@ def _make(teacher: TeacherResult, config: AugmentConfig, max_length: int, key: s
     if config.unlabelled is not None:
         known = set(splits.texts["train"]) | set(copies)
         unlabelled = [t for t in read_unlabelled(Path(config.unlabelled)) if t not in known]
-    texts = [t.replace("\n", " ") for t in copies + unlabelled]  # stored one per line
+    texts = copies + unlabelled
     log.info("augment: the teacher labels %d augmented and %d unlabelled texts", len(copies), len(unlabelled))
     model = models.load_classifier(teacher.model_dir)
     logits = predict_logits(model, tokenizer, texts, max_length, desc="teacher logits (transfer)")

@@ -110,6 +110,19 @@ def test_transfer_logits_are_the_teachers_and_cached(
     assert augment.run(taught, AugmentConfig(), MAX_LENGTH, cache) is None
 
 
+def test_a_transfer_set_with_no_new_text_round_trips_through_the_cache(
+    tmp_path: Path, taught: TeacherResult
+) -> None:
+    unchanged = AugmentConfig(
+        copies=1, mask_prob=0, replace_prob=0, ngram_prob=0, mix_prob=0
+    )  # copies = originals
+    cache = Cache(tmp_path / "cache")
+    made = augment.run(taught, unchanged, MAX_LENGTH, cache)
+    again = augment.run(taught, unchanged, MAX_LENGTH, cache)
+    assert made is not None and again is not None and again.record["cached"] is True
+    assert made.texts == again.texts == [] and again.logits.shape == (0, taught.splits.num_labels)
+
+
 def test_unlabelled_rows_feed_only_the_distillation_term() -> None:
     torch.manual_seed(0)
     student, teacher_logits = torch.randn(4, 5), torch.randn(4, 5)
