@@ -10,6 +10,7 @@ postgresql://) lets several machines work on one Optuna study.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import shutil
@@ -100,11 +101,14 @@ class _Distiller:
             return self.train
         return distillation_dataset(self.tokenizer, self.teacher, self.max_length, self.transfer)
 
+    @functools.cached_property
+    def teacher_model(self) -> Any:
+        """Loaded once: students copy its layers, the hidden-state loss reads it, neither changes it."""
+        return models.load_classifier(self.teacher.model_dir)
+
     def new_student(self) -> Any:
         if self.config.student == "teacher-layers":
-            return student_from_teacher_layers(
-                models.load_classifier(self.teacher.model_dir), self.config.layers
-            )
+            return student_from_teacher_layers(self.teacher_model, self.config.layers)
         return models.load_classifier(self.student_dir, self.splits.labels)
 
     def validation_score(self, model: Any) -> float:
@@ -116,8 +120,7 @@ class _Distiller:
         torch.manual_seed(config.seed)
         hidden = None
         if config.hidden_weight > 0:
-            teacher_model = models.load_classifier(self.teacher.model_dir)
-            hidden = HiddenStateTarget(teacher_model, config.layers, config.hidden_weight)
+            hidden = HiddenStateTarget(self.teacher_model, config.layers, config.hidden_weight)
         return train_student(self.new_student(), self.tokenizer, train, config, out, callbacks, hidden)
 
 

@@ -334,13 +334,9 @@ def _trim_vocabulary(
 
 
 def _hidden_target(
-    teacher: TeacherResult, settings: DistillConfig, config: PruneConfig, record: dict[str, Any]
+    teacher: TeacherResult, settings: DistillConfig, weight: float, dropped: list[int]
 ) -> HiddenStateTarget | None:
     """The recovery's hidden-state target: each kept student layer maps to the teacher layer it came from."""
-    weight = (
-        settings.hidden_weight if config.recovery_hidden_weight is None else config.recovery_hidden_weight
-    )
-    record["recovery"]["hidden_weight"] = weight
     if weight == 0:
         return None
     if settings.student != "teacher-layers":
@@ -348,7 +344,6 @@ def _hidden_target(
             f"prune: recovery_hidden_weight = {weight} needs a student made of the teacher's layers "
             f'([distill] student = "teacher-layers"); set it to 0.'
         )
-    dropped = set(record.get("layers", {}).get("dropped", []))
     layer_map = [t for i, t in enumerate(settings.layers) if i not in dropped]
     return HiddenStateTarget(models.load_classifier(teacher.model_dir), layer_map, weight)
 
@@ -426,6 +421,9 @@ def _prune(
                 "alpha": settings.alpha,
                 "temperature": settings.temperature,
                 "transfer_texts": len(transfer.texts) if transfer is not None else 0,
+                "hidden_weight": settings.hidden_weight
+                if config.recovery_hidden_weight is None
+                else config.recovery_hidden_weight,
             }
             if config.recovery_epochs > 0:
                 log.info("prune: recovery distillation for %s epochs", config.recovery_epochs)
@@ -435,7 +433,8 @@ def _prune(
                 torch.manual_seed(settings.seed)
                 if transfer is not None:
                     train = distillation_dataset(tokenizer, teacher, max_length, transfer)
-                hidden = _hidden_target(teacher, settings, config, record)
+                dropped = record.get("layers", {}).get("dropped", [])
+                hidden = _hidden_target(teacher, settings, record["recovery"]["hidden_weight"], dropped)
                 train_student(model, tokenizer, train, recovery, work / "recovery", hidden=hidden)
                 scores["recovered"] = validation_score(model, tokenizer, splits, max_length)
     finally:
