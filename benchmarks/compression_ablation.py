@@ -24,7 +24,7 @@ import click
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from results_md import cpu_description, write_section  # noqa: E402
+from results_md import cpu_description, mean_range, write_section  # noqa: E402
 
 # (column, how to read it from a manifest, format)
 FIGURES = (
@@ -48,8 +48,7 @@ def _training_seconds(manifest: dict[str, Any]) -> float:
 
 
 def _summary(values: list[float], fmt: str) -> str:
-    mean = fmt.format(statistics.fmean(values))
-    return mean if len(values) == 1 else f"{mean} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+    return mean_range(statistics.fmean(values), min(values), max(values), fmt, spread=len(values) > 1)
 
 
 def _load(spec: str) -> tuple[str, list[dict[str, Any]]]:

@@ -22,7 +22,7 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from results_md import cpu_description, write_section
+from results_md import cpu_description, mean_range, write_section
 
 LOGIT_METHODS = ("max_probability", "max_logit", "energy")  # the teacher has no cached features
 RULES = ("accuracy", "auto", "reject:0.01", "reject:0.02", "reject:0.05")
@@ -136,7 +136,7 @@ def _table(merged: dict[str, Any]) -> str:
         t, v = row["test"], row["validation"]
 
         def cell(f: list[float]) -> str:
-            return f"{f[0]:.4f}" + (f" ({f[1]:.4f}-{f[2]:.4f})" if merged["runs"] > 1 else "")
+            return mean_range(f[0], f[1], f[2], spread=merged["runs"] > 1)
 
         lines.append(
             f"| {who} | {method} | `{rule}` | {cell(t['accuracy'])} | {cell(t['in_scope_accuracy'])} | "
