@@ -145,7 +145,7 @@ def _summary(clf: Classifier) -> list[tuple[str, str]]:
         ("labels", f"{len(clf.labels)}{oos}"),
         ("inputs", f"{', '.join(clf.input_names)}; max_length {spec.max_length}; vocab {spec.vocab_size}"),
         ("graph", ops),
-        ("batching", "padded to the longest text" if clf.batch_invariant else "one at a time (dynamic INT8)"),
+        ("batching", clf.batch_mode),
         (
             "target",
             f"{spec.target_name} needs {needs}: " + ("ok on this CPU" if not problem else "see warning"),
@@ -217,6 +217,94 @@ def bench(
     if data is not None:
         result["data"] = {"path": str(data), "split": split}
     click.echo(json.dumps(result, indent=2) if as_json else measure.format_table(result))
+
+
+@main.command()
+@bundle_argument
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="TCP port (0: any free port; the address is printed at start).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Model threads per worker: requests answered at once, each on one core.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes, each loading its own copy of the bundle.",
+)
+@click.option(
+    "--max-texts", type=click.IntRange(min=1), default=64, show_default=True, help="Texts per request."
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=1 << 20,
+    show_default=True,
+    help="Request body limit, bytes.",
+)
+@click.option(
+    "--max-pending",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Requests waiting for the model per worker before new ones get 503.",
+)
+@click.option(
+    "--graceful-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to finish requests in flight after SIGTERM / Ctrl-C.",
+)
+@click.option("--access-log", is_flag=True, help="Log one line per request to stderr.")
+@strict_option
+def serve(
+    bundle: Path,
+    host: str,
+    port: int,
+    threads: int,
+    workers: int,
+    max_texts: int,
+    max_body_bytes: int,
+    max_pending: int,
+    graceful_timeout: float,
+    access_log: bool,
+    strict: bool,
+) -> None:
+    """Serve BUNDLE over HTTP: POST /classify, GET /health, GET /manifest (needs the 'serve' extra)."""
+    from edgepack_runtime import serve as server
+
+    try:
+        server.require_extra()
+    except server.MissingExtra as err:
+        raise click.ClickException(str(err)) from None
+    clf = _load(bundle, 1, strict)  # verified once here: a damaged bundle never starts a server
+    limits = server.Limits(max_texts=max_texts, max_body_bytes=max_body_bytes, max_pending=max_pending)
+    settings = server.Settings(str(bundle.resolve()), threads, strict, limits)
+    try:
+        sock = server.bind(host, port)
+    except OSError as err:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    click.echo(
+        f"edgepack-run serve: {clf.name} on {server.url(sock)} (workers {workers}, threads {threads}; "
+        f"{clf.batch_mode}); Ctrl-C or SIGTERM stops it",
+        err=True,
+    )
+    served = clf if workers == 1 else None
+    del clf  # with several workers, each loads its own copy: the supervisor keeps none
+    server.run(settings, served, sock, workers, access_log, graceful_timeout)
+    click.echo("edgepack-run serve: stopped", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

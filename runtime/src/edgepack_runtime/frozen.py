@@ -98,11 +98,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _load(folder: Path, threads: int, err: IO[str]) -> Classifier:
-    """Verify and load the bundle; CPU-target warnings become 'warning:' lines on stderr."""
+def _load(folder: Path, threads: int, err: IO[str], batching: bool = False) -> Classifier:
+    """Verify and load the bundle; CPU-target warnings become 'warning:' lines on stderr. Texts are answered
+    one line at a time, so the batch session (a second copy of the model) is started only for --bench."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf = Classifier.load(folder, threads=threads)
+        clf = Classifier.load(folder, threads=threads, batching=batching)
     for warning in caught:
         print(f"warning: {warning.message}", file=err)
     return clf
@@ -261,7 +262,7 @@ def main(
         print(f"{prog}: --bench and --version take no texts", file=sys.stderr)
         return EXIT_USAGE
     try:
-        clf = _load(bundle if bundle is not None else embedded_bundle(), args.threads, sys.stderr)
+        clf = _load(bundle if bundle is not None else embedded_bundle(), args.threads, sys.stderr, args.bench)
     except RuntimeError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,386 @@
+"""Load test of `edgepack-run serve` on 127.0.0.1, and the runtime's batch throughput: JSON + a RESULTS.md section.
+
+Serving: starts the real server (a subprocess, `--port 0`), then at each concurrency level (default 1, 8 and
+32 clients, each a keep-alive HTTP/1.1 connection sending one query after the other) sends a fixed number of
+POST /classify requests or stops at a time limit, whichever comes first. Every answer is checked against the
+label `Classifier.predict` gives for that query in this process: a non-200, a broken connection, a timeout or
+a different label is an error (the goal is 0). Reports p50 / p90 / p99 latency (request sent to answer
+read), requests/s, errors, and the server's resident memory (VmRSS, its worker processes included) after
+warm-up and after each level: it must not grow without bound.
+
+Batch throughput: texts/s through `predict_batch` at batch 1 and at batch 32 on one thread (interleaved
+rounds, medians), on the CLINC test split, and the label agreement of batch 32 with batch 1 over the whole
+split; beside it, the same graph batched without the per-text rewrite (`Classifier.load(batching=False)`
+runs dynamic INT8 one text at a time, so that row is measured on the raw session: what plain batching would
+give, and how many labels it would change).
+
+    python benchmarks/serve_load.py bundles/clinc-int8          # then look at benchmarks/RESULTS.md
+    python benchmarks/serve_load.py --requests 300 --time-limit 20 --json /tmp/s.json --markdown /tmp/s.md
+
+The load generator runs on the same machine as the server (2 cores here): the figures include its cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import queue
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgepack_runtime import Classifier, bench
+from edgepack_runtime.classifier import feeds
+from edgepack_runtime.data import load_labeled
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results_md import cpu_description, write_section  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "clinc150"
+
+
+# -- the server -----------------------------------------------------------------------------------------------
+
+
+class ServerProcess:
+    def __init__(self, bundle: Path, threads: int, workers: int, start_timeout: float) -> None:
+        command = [sys.executable, "-m", "edgepack_runtime.cli", "serve", str(bundle), "--port", "0"]
+        command += ["--threads", str(threads), "--workers", str(workers), "--max-texts", "64"]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.log: list[str] = []
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            assert self.process.stderr is not None
+            for line in self.process.stderr:
+                self.log.append(line)
+                lines.put(line)
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.process.kill()
+                raise SystemExit(f"the server did not start: {''.join(self.log)}") from None
+            if " on http://" in line:
+                self.host, port = line.split(" on http://", 1)[1].split()[0].rsplit(":", 1)
+                self.port = int(port)
+                return
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its worker processes, MB (Linux /proc)."""
+        pids, total = [self.process.pid], 0
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total / 1024
+
+    def stop(self) -> int:
+        self.process.terminate()
+        return self.process.wait(timeout=60)
+
+
+# -- the clients ----------------------------------------------------------------------------------------------
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, body: bytes
+) -> tuple[int, bytes]:
+    head = f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    status_line = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    status = int(status_line.split()[1]) if status_line else 0
+    return status, await reader.readexactly(length)
+
+
+async def _client(
+    server: ServerProcess,
+    work: asyncio.Queue[tuple[str, str]],
+    stop_at: float,
+    latencies: list[float],
+    errors: list[str],
+    timeout: float,
+) -> None:
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        while time.monotonic() < stop_at:
+            try:
+                text, expected = work.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            body = json.dumps({"text": text, "top_k": 1}).encode()
+            start = time.perf_counter()
+            try:
+                status, payload = await asyncio.wait_for(
+                    _exchange(reader, writer, server.host, body), timeout
+                )
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
+                errors.append(f"{type(err).__name__}: {err}")
+                writer.close()
+                reader, writer = await asyncio.open_connection(server.host, server.port)
+                continue
+            latencies.append(time.perf_counter() - start)
+            if status != 200:
+                errors.append(f"HTTP {status}: {payload[:200]!r}")
+            elif json.loads(payload)["label"] != expected:
+                errors.append(f"label for {text!r} differs from Classifier.predict")
+    finally:
+        writer.close()
+
+
+async def _level(
+    server: ServerProcess,
+    queries: list[tuple[str, str]],
+    clients: int,
+    requests: int,
+    limit: float,
+    timeout: float,
+) -> dict[str, Any]:
+    work: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    for i in range(requests):
+        work.put_nowait(queries[i % len(queries)])
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    stop_at = time.monotonic() + limit
+    await asyncio.gather(
+        *(_client(server, work, stop_at, latencies, errors, timeout) for _ in range(clients))
+    )
+    seconds = time.perf_counter() - start
+    ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "planned": requests,
+        "stopped_by_time_limit": work.qsize() > 0,
+        "seconds": seconds,
+        "requests_per_s": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": len(errors),
+        "first_errors": errors[:5],
+    }
+
+
+def load_test(args: argparse.Namespace, clf: Classifier, texts: list[str]) -> dict[str, Any]:
+    distinct = list(dict.fromkeys(texts))[: max(args.requests, 1)]
+    queries = [(text, clf.predict(text).label) for text in distinct]
+    server = ServerProcess(args.bundle, args.server_threads, args.workers, args.start_timeout)
+    try:
+        asyncio.run(_level(server, queries, 4, 50, args.time_limit, args.timeout))  # warm-up, not reported
+        rss = [server.rss_mb()]
+        levels = []
+        for clients in args.clients:
+            level = asyncio.run(
+                _level(server, queries, clients, args.requests, args.time_limit, args.timeout)
+            )
+            rss.append(server.rss_mb())
+            level["rss_after_mb"] = rss[-1]
+            levels.append(level)
+            print(
+                f"  {clients:>3} clients: {level['requests_per_s']:7.1f} req/s, p50 {level['p50_ms']:.2f} ms, "
+                f"p99 {level['p99_ms']:.2f} ms, errors {level['errors']}, server RSS {rss[-1]:.1f} MB",
+                file=sys.stderr,
+            )
+    finally:
+        code = server.stop()
+    return {
+        "server": {"threads": args.server_threads, "workers": args.workers, "exit_code_on_sigterm": code},
+        "rss_mb": {"after_warmup": rss[0], "after_each_level": rss[1:], "growth": rss[-1] - rss[0]},
+        "levels": levels,
+        "errors": sum(level["errors"] for level in levels),
+    }
+
+
+# -- batch throughput ---------------------------------------------------------------------------------------
+
+
+def _raw_batches(clf: Classifier, texts: list[str], batch_size: int) -> np.ndarray:
+    """Labels (argmax) from the bundle's graph run on padded batches as it is: one activation scale per batch."""
+    rows = clf._encode(texts)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    labels = np.empty(len(rows), dtype=np.int64)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        logits = clf._session.run(["logits"], feeds([rows[i] for i in chunk], clf._types, clf._pad_id))[0]
+        labels[chunk] = np.asarray(logits).argmax(axis=1)
+    return labels
+
+
+def batch_throughput(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
+    clf = Classifier.load(args.bundle, threads=1)
+    rates: dict[str, list[float]] = {"batch 1": [], f"batch {args.batch_size}": [], "graph as is": []}
+    for _ in range(args.rounds):  # interleaved, so load changes hit every contender alike
+        for name, size in (("batch 1", 1), (f"batch {args.batch_size}", args.batch_size)):
+            measured = bench.batch_throughput(
+                lambda items, bs: clf.predict_batch(items, batch_size=bs), texts, size, args.batch_texts
+            )
+            rates[name].append(measured["texts_per_s"])
+        raw = bench.batch_throughput(
+            lambda items, bs: _raw_batches(clf, items, bs), texts, args.batch_size, args.batch_texts
+        )
+        rates["graph as is"].append(raw["texts_per_s"])
+    one = [clf.predict(text) for text in texts]
+    many = clf.predict_batch(texts, batch_size=args.batch_size)
+    raw_labels = _raw_batches(clf, texts, args.batch_size)
+    alone_argmax = np.array([clf.labels.index(p.top_k[0][0]) for p in one])
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        "texts": len(texts),
+        "threads": 1,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "batch_mode": clf.batch_mode,
+        "texts_per_s": median,
+        "all_rounds": rates,
+        "speedup": median[f"batch {args.batch_size}"] / median["batch 1"],
+        "labels_identical": sum(a.label == b.label for a, b in zip(one, many, strict=True)),
+        "answers_identical": sum(a == b for a, b in zip(one, many, strict=True)),
+        "graph_as_is": {
+            "speedup": median["graph as is"] / median["batch 1"],
+            "argmax_identical": int((raw_labels == alone_argmax).sum()),
+        },
+    }
+
+
+# -- report -------------------------------------------------------------------------------------------------
+
+
+def markdown(report: dict[str, Any]) -> str:
+    serve, batch, machine = report.get("serve"), report.get("batch"), report["machine"]
+    out = [f"## Serving `{report['bundle']}` over HTTP (`benchmarks/serve_load.py`)", ""]
+    if serve:
+        rss = serve["rss_mb"]
+        out += [
+            f"`edgepack-run serve`, {serve['server']['workers']} worker(s) x {serve['server']['threads']} "
+            f"model thread(s), on 127.0.0.1; the load generator (asyncio, one keep-alive connection per client, "
+            f'`{{"text": ...}}` requests of CLINC test queries) on the same machine. Every answer\'s label '
+            "checked against `Classifier.predict`.",
+            "",
+            "| clients | requests | req/s | p50 ms | p90 ms | p99 ms | errors | server RSS after (MB) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for level in serve["levels"]:
+            cut = " (time limit)" if level["stopped_by_time_limit"] else ""
+            out.append(
+                f"| {level['clients']} | {level['requests']}{cut} | {level['requests_per_s']:.1f} | "
+                f"{level['p50_ms']:.2f} | {level['p90_ms']:.2f} | {level['p99_ms']:.2f} | {level['errors']} | "
+                f"{level['rss_after_mb']:.1f} |"
+            )
+        out += [
+            "",
+            f"Errors: {serve['errors']}. Server RSS after warm-up {rss['after_warmup']:.1f} MB, at the end "
+            f"{rss['after_each_level'][-1]:.1f} MB (growth {rss['growth']:+.1f} MB). SIGTERM at the end: exit "
+            f"code {serve['server']['exit_code_on_sigterm']}.",
+            "",
+        ]
+    if batch:
+        size, rates = batch["batch_size"], batch["texts_per_s"]
+        out += [
+            f"Batch throughput, one thread, `predict_batch` on {batch['texts']} CLINC test queries (medians of "
+            f"{batch['rounds']} interleaved rounds): batch 1 {rates['batch 1']:.0f} texts/s, batch {size} "
+            f"{rates[f'batch {size}']:.0f} texts/s: **{batch['speedup']:.2f}x**. {batch['batch_mode']}. "
+            f"Batch {size} vs batch 1 over the whole split: labels identical for {batch['labels_identical']} of "
+            f"{batch['texts']}, whole answers (scores included) for {batch['answers_identical']}.",
+            "",
+            f"For comparison, the graph batched as it is (one activation scale per batch, which is why the runtime "
+            f"does not do it): {batch['graph_as_is']['speedup']:.2f}x, with the argmax label of "
+            f"{batch['texts'] - batch['graph_as_is']['argmax_identical']} of {batch['texts']} texts changed.",
+            "",
+        ]
+    out.append(
+        f"Machine: {machine['cpu']}; Python {machine['python']}; onnxruntime {machine['onnxruntime']}, "
+        f"uvicorn {machine['uvicorn']}, starlette {machine['starlette']}. Load average (1 min) "
+        f"{machine['load_before']:.2f} before, {machine['load_after']:.2f} after (this script adds about 2)."
+    )
+    return "\n".join(out)
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except Exception:
+        return "not installed"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", nargs="?", default=ROOT / "bundles" / "clinc-int8", type=Path)
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="CLINC150 folder (queries and the test split)"
+    )
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per level (then it stops)")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per level at most")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds before one request is an error")
+    parser.add_argument("--server-threads", type=int, default=1, help="the server's --threads")
+    parser.add_argument("--workers", type=int, default=1, help="the server's --workers")
+    parser.add_argument("--start-timeout", type=float, default=120.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-texts", type=int, default=2000, help="texts per throughput measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
+    parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--skip-batch", action="store_true")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
+    parser.add_argument("--markdown", type=Path, help="write the section here instead of into RESULTS.md")
+    args = parser.parse_args()
+    if min(args.clients) < 1 or args.requests < 1 or args.time_limit <= 0 or args.rounds < 1:
+        parser.error("--clients, --requests and --rounds must be >= 1, --time-limit > 0")
+    texts = [text for text, _ in load_labeled(args.data, split="test")] if args.data.exists() else []
+    texts = texts or list(bench.SAMPLE_QUERIES)
+    load_before = os.getloadavg()[0]
+    report: dict[str, Any] = {"bundle": args.bundle.name}
+    if not args.skip_serve:
+        print(f"load test of {args.bundle} ...", file=sys.stderr)
+        report["serve"] = load_test(args, Classifier.load(args.bundle, threads=1, batching=False), texts)
+    if not args.skip_batch:
+        print("batch throughput ...", file=sys.stderr)
+        report["batch"] = batch_throughput(args, texts)
+    report["machine"] = {
+        "cpu": cpu_description(),
+        "python": platform.python_version(),
+        "onnxruntime": _version("onnxruntime"),
+        "uvicorn": _version("uvicorn"),
+        "starlette": _version("starlette"),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    snippet = markdown(report)
+    if args.markdown:
+        args.markdown.write_text(snippet + "\n", encoding="utf-8")
+    else:
+        write_section("serve_load", snippet)
+    print(snippet)
+    where = args.markdown or "the serve_load section of benchmarks/RESULTS.md"
+    print(f"wrote {args.json} and {where}", file=sys.stderr)
+    failed = report.get("serve", {}).get("errors", 0)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
