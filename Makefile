@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/edgepack: pyproject.toml runtime/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ./runtime -e ".[dev,offline-models,freeze,bench]"
+	$(BIN)/pip install --quiet -e "./runtime[serve,sign]" -e ".[dev,offline-models,freeze,bench,search-db]"
 	touch $@
 
 install: $(BIN)/edgepack

@@ -10,9 +10,8 @@ warm-up and after each level: it must not grow without bound.
 
 Batch throughput: texts/s through `predict_batch` at batch 1 and at batch 32 on one thread (interleaved
 rounds, medians), on the CLINC test split, and the label agreement of batch 32 with batch 1 over the whole
-split; beside it, the same graph batched without the per-text rewrite (`Classifier.load(batching=False)`
-runs dynamic INT8 one text at a time, so that row is measured on the raw session: what plain batching would
-give, and how many labels it would change).
+split; beside it, the same graph batched as it is, on the raw session (the runtime runs dynamic INT8 one text
+at a time, so that row is what plain batching would give, and how many labels it would change).
 
     python benchmarks/serve_load.py bundles/clinc-int8          # then look at benchmarks/RESULTS.md
     python benchmarks/serve_load.py --requests 300 --time-limit 20 --json /tmp/s.json --markdown /tmp/s.md
@@ -310,6 +309,21 @@ def markdown(report: dict[str, Any]) -> str:
             f"does not do it): {batch['graph_as_is']['speedup']:.2f}x, with the argmax label of "
             f"{batch['texts'] - batch['graph_as_is']['argmax_identical']} of {batch['texts']} texts changed.",
             "",
+            f"Issue 14's goal, 2x the batch-1 rate at batch {size} with identical answers: "
+            + (
+                "met."
+                if batch["speedup"] >= 2 and batch["answers_identical"] == batch["texts"]
+                else "missed. "
+            )
+            + (
+                ""
+                if batch["speedup"] >= 2
+                else f"Even the graph batched as it is (texts sorted by length, one scale per batch) reaches "
+                f"only {batch['graph_as_is']['speedup']:.2f}x here. An exact per-text rewrite of the graph "
+                "(each text quantized with its own scale inside a batch) was built and measured at 1.02-1.4x "
+                "on this machine, for a second model copy in memory and +0.5 s per load: not kept."
+            ),
+            "",
         ]
     out.append(
         f"Machine: {machine['cpu']}; Python {machine['python']}; onnxruntime {machine['onnxruntime']}, "
@@ -355,7 +369,7 @@ def main() -> None:
     report: dict[str, Any] = {"bundle": args.bundle.name}
     if not args.skip_serve:
         print(f"load test of {args.bundle} ...", file=sys.stderr)
-        report["serve"] = load_test(args, Classifier.load(args.bundle, threads=1, batching=False), texts)
+        report["serve"] = load_test(args, Classifier.load(args.bundle, threads=1), texts)
     if not args.skip_batch:
         print("batch throughput ...", file=sys.stderr)
         report["batch"] = batch_throughput(args, texts)

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from edgepack_runtime.cli import batch_size_option, runs_option
+from edgepack_runtime.cli import (
+    batch_size_option,
+    label_column_option,
+    oos_label_option,
+    runs_option,
+    text_column_option,
+)
 
 from edgepack import __version__
 from edgepack.errors import EdgepackError, RecipeError
@@ -33,6 +39,9 @@ def _overrides(options: dict[str, Any], settings: tuple[str, ...]) -> dict[str, 
     mapping = {
         "target": "target",
         "data": "data.source",
+        "text_column": "data.text_column",
+        "label_column": "data.label_column",
+        "oos_label": "data.oos_label",
         "teacher": "teacher.model",
         "trials": "search.trials",
         "study_storage": "search.storage",
@@ -54,7 +63,9 @@ def _overrides(options: dict[str, Any], settings: tuple[str, ...]) -> dict[str, 
 
 @main.command(context_settings=CONTEXT)
 @click.option(
-    "--recipe", default="clinc", show_default=True, help="Shipped recipe name or path to a TOML recipe."
+    "--recipe",
+    default=None,
+    help="Shipped recipe (see edgepack recipes) or path to a TOML recipe [default: clinc; generic with --data].",
 )
 @click.option(
     "--target",
@@ -63,11 +74,29 @@ def _overrides(options: dict[str, Any], settings: tuple[str, ...]) -> dict[str, 
     help="CPU the INT8 graph is tuned for (default: the recipe's).",
 )
 @click.option(
-    "--data", default=None, help="Data: CLINC JSON file/folder, folder of CSV/JSONL splits, or Hub name."
+    "--data",
+    default=None,
+    help="Data: a folder of train[/validation/test] CSV, JSONL or Parquet files (missing splits are carved from "
+    "train), one such file, a CLINC JSON file/folder, or a Hub dataset NAME[:CONFIG].",
+)
+@click.option(
+    "--text-column", default=None, help="Text column of CSV / JSONL / Parquet data [default: text]."
+)
+@click.option("--label-column", default=None, help="Label column of that data [default: label].")
+@click.option(
+    "--oos-label",
+    default=None,
+    help="The data's out-of-scope label, if it has one (texts that belong to no class) "
+    "[default: the recipe's: clinc oos, generic none].",
 )
 @click.option("--teacher", default=None, help="Teacher: model folder, package:MODULE, or Hub id.")
 @click.option("--trials", type=click.IntRange(min=0), default=None, help="Optuna trials (0 = no search).")
-@click.option("--study-storage", default=None, help="Optuna storage URL shared by machines (sqlite:///... ).")
+@click.option(
+    "--study-storage",
+    default=None,
+    help="Database of a search shared by several workers: sqlite:///study.db, or postgresql://USER@HOST/DB "
+    "(pip install 'edgepack[search-db]'). --trials is the study's total.",
+)
 @click.option("--name", default=None, help="Bundle folder name (default: the recipe's).")
 @click.option("--out", default=None, help="Folder the bundle goes into (default: bundles).")
 @click.option(
@@ -79,32 +108,88 @@ def _overrides(options: dict[str, Any], settings: tuple[str, ...]) -> dict[str, 
     help="Small budget over the recipe (recipes/overlays/quick.toml): one teacher epoch, two short trials.",
 )
 @click.option(
+    "--export-only",
+    is_flag=True,
+    help="No distillation: export, fuse, quantize and bundle the (fine-tuned) teacher itself "
+    '([distill] student = "teacher").',
+)
+@click.option(
     "--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any recipe value."
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle of the same name.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the resolved recipe, a summary of the data (splits, classes, token lengths, what is carved or "
+    "truncated) and the stages that would run; train nothing.",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Private key (edgepack keygen): sign the bundle (manifest.sig) before it is moved into place.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def build(
-    recipe: str, settings: tuple[str, ...], quick: bool, force: bool, verbose: bool, **options: Any
+    recipe: str | None,
+    settings: tuple[str, ...],
+    quick: bool,
+    export_only: bool,
+    force: bool,
+    dry_run: bool,
+    sign_key: Path | None,
+    verbose: bool,
+    **options: Any,
 ) -> None:
     """Build a bundle: fine-tune, distill, prune, export, fuse, quantize, package into a staging folder,
-    evaluate that staged bundle through the runtime, then move it into place."""
+    evaluate that staged bundle through the runtime, then move it into place.
+
+    With no option it builds the default CLINC150 bundle (recipe clinc); with --data and no --recipe, the
+    generic recipe: any labelled text, the bundle named after the data."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from edgepack.recipe import QUICK_OVERLAY, load_recipe
+    from edgepack.recipe import DEFAULT_RECIPE, EXPORT_ONLY, GENERIC_RECIPE, QUICK_OVERLAY, load_recipe
 
+    if recipe is None:
+        recipe = GENERIC_RECIPE if options.get("data") is not None else DEFAULT_RECIPE
     overrides = _overrides(options, settings)
+    if export_only:
+        overrides["distill.student"] = EXPORT_ONLY
     try:
         resolved = load_recipe(recipe, overrides, overlays=(QUICK_OVERLAY,) if quick else ())
     except RecipeError as exc:
-        raise click.BadParameter(str(exc), param_hint="--recipe/--set") from None
+        raise click.BadParameter(str(exc), param_hint="--recipe/--data/--set") from None
+    if dry_run:
+        from edgepack import dryrun
+
+        with _interruptible("bundle", (EdgepackError, ValueError)):
+            click.echo(dryrun.report(resolved))
+        return
+    if sign_key is not None:
+        _private_key(sign_key, "--sign-key")  # a bad key is refused now, not after the build
     from edgepack.pipeline import build as run_build
 
     with _interruptible("bundle", (EdgepackError, ValueError)):
-        bundle = run_build(resolved, force=force)
+        bundle = run_build(resolved, force=force, sign_key=sign_key)
     _summary(bundle)
+    if sign_key is not None:
+        click.echo(f"  signed with {sign_key}: check with edgepack-run verify {bundle} --public-key KEY.pub")
+
+
+@main.command(context_settings=CONTEXT)
+def recipes() -> None:
+    """List the shipped recipes and what each builds (edgepack build --recipe NAME; any other .toml file
+    works too, and may extend a shipped one)."""
+    from edgepack.recipe import DEFAULT_RECIPE, GENERIC_RECIPE, shipped_recipes
+
+    shipped = shipped_recipes()
+    width = max(len(name) for name, _ in shipped) + 2
+    notes = {DEFAULT_RECIPE: " [default]", GENERIC_RECIPE: " [default with --data]"}
+    for name, description in shipped:
+        click.echo(f"{name:<{width}}{description}{notes.get(name, '')}")
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -149,39 +234,113 @@ def _summary(bundle: Any) -> None:
     click.echo(f"  verify with: edgepack-run verify {bundle}")
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder the new bundle goes into [default: BUNDLE's folder/rebuilt]; never the original.",
+)
+@click.option("--data", default=None, help="Data to use instead of the recorded source (a moved copy of it).")
+@click.option("--no-cache", is_flag=True, help="Train teacher and student anew (fresh temporary cache).")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def rebuild(
+    bundle: Path, out: Path | None, data: str | None, no_cache: bool, json_path: Path | None, verbose: bool
+) -> None:
+    """Build BUNDLE again from its manifest (same resolved recipe, target, seeds and data source) into another
+    folder, and report what differs: data digests, teacher weights, package versions, seeds, metrics, files.
+    Differences are reported, not errors: the exit status is 0 when the rebuild ran."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    import json
+
+    from edgepack import rebuild as lib
+
+    _writable(json_path, "--json")
+    with _interruptible("bundle", (EdgepackError, ValueError)):
+        result = lib.rebuild(bundle, out=out, data=data, no_cache=no_cache)
+    click.echo(lib.format_report(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.report, indent=2), encoding="utf-8")
+        click.echo(f"wrote {json_path}")
+
+
 DEFAULT_DATA = Path("..") / "shared" / "data" / "clinc150"
 
 
-def _labeled(source: Path, split: str, option: str) -> list[tuple[str, str]]:
-    from edgepack_runtime.data import DataError, load_labeled
+class _Reading:
+    """How `edgepack bench` reads labelled data: as the first bundle's build read it (its manifest's data
+    record says what it carved), with --text-column / --label-column, and --oos-label renamed to the
+    bundle's out-of-scope label."""
 
-    try:
-        return load_labeled(source, split=split)
-    except (DataError, OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(str(exc), param_hint=option) from None
+    def __init__(self, bundle: Path, text_column: str, label_column: str, oos_label: str | None) -> None:
+        import json
+
+        try:
+            manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = {}  # an unreadable bundle is refused when it is loaded
+        manifest = manifest if isinstance(manifest, dict) else {}
+        self.built = manifest.get("data") if isinstance(manifest.get("data"), dict) else None
+        oos = manifest.get("oos")
+        try:  # a bundle without an out-of-scope rule may still have a class called oos
+            has_oos_class = "oos" in json.loads((bundle / "labels.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            has_oos_class = False
+        self.bundle_oos = oos.get("label") if isinstance(oos, dict) else ("oos" if has_oos_class else None)
+        self.columns = (text_column, label_column)
+        self.oos_label = oos_label
+
+    def split(self, source: str, split: str, option: str) -> tuple[list[tuple[str, str]], str | None]:
+        from edgepack_runtime.data import DataError
+        from edgepack_runtime.splits import rename_label
+
+        from edgepack.data import read_split
+
+        try:
+            pairs, note = read_split(source, split, *self.columns, self.built)
+        except (DataError, OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
+        if note:
+            click.echo(note, err=True)
+        if self.oos_label is not None and self.bundle_oos is not None:
+            pairs = rename_label(pairs, self.oos_label, self.bundle_oos)
+        return pairs, note
 
 
-def _bench_data(data: Path | None) -> tuple[Path | None, list[tuple[str, str]] | None]:
-    """The labeled texts for accuracy: --data, else the CLINC test split beside the project, else none."""
-    source = data if data is not None else (DEFAULT_DATA if DEFAULT_DATA.exists() else None)
+def _bench_data(data: str | None, reading: _Reading) -> tuple[Path | None, list[tuple[str, str]] | None]:
+    """The labeled texts for accuracy: the test split of --data, else the CLINC test split beside the
+    project, else none."""
+    source = data if data is not None else (str(DEFAULT_DATA) if DEFAULT_DATA.exists() else None)
     if source is None:
         click.echo(
             f"No --data and no {DEFAULT_DATA}: accuracy is not measured, latency uses built-in sample queries.",
             err=True,
         )
         return None, None
-    return source, _labeled(source, "test", "--data")
+    return Path(source), reading.split(source, "test", "--data")[0]
 
 
-def _validation_data(validation: Path | None, source: Path | None) -> list[tuple[str, str]] | None:
+def _validation_data(
+    validation: str | None, source: Path | None, reading: _Reading
+) -> list[tuple[str, str]] | None:
     """Texts to choose the teacher's out-of-scope threshold on and to draw the trade-off curves on:
-    --validation, else the validation split of CLINC --data; none for a single-split --data file (the teacher
-    is then compared by argmax)."""
+    --validation (one file: all of it), else the validation split of --data; none for a single --data file
+    of texts to measure (the teacher is then compared by argmax)."""
     if validation is not None:
-        return _labeled(validation, "validation", "--validation")
-    if source is not None and (source.is_dir() or source.suffix.lower() == ".json"):
-        return _labeled(source, "validation", "--data")
-    return None
+        return reading.split(validation, "validation", "--validation")[0]
+    if source is None:
+        return None
+    pairs, note = reading.split(str(source), "validation", "--data")
+    single = source.is_file() and source.suffix.lower() != ".json"
+    return None if single and note is None else pairs
 
 
 def _writable(path: Path | None, option: str) -> None:
@@ -227,17 +386,20 @@ def _bundle_teacher(bundle: Path) -> str | None:
 )
 @click.option(
     "--data",
-    type=click.Path(path_type=Path),
     default=None,
-    help=f"Labeled data for accuracy (CLINC JSON, CSV, JSONL) [default: {DEFAULT_DATA} if present].",
+    help="Labeled data for accuracy, read as edgepack build reads it: a folder of split files (a split it lacks "
+    "is carved as the first bundle's build carved it), a CLINC JSON, a Hub NAME[:CONFIG], or one CSV / JSONL / "
+    f"Parquet file (measured whole, unless the bundle was built from it) [default: {DEFAULT_DATA} if present].",
 )
 @click.option(
     "--validation",
-    type=click.Path(path_type=Path),
     default=None,
     help="Labeled data to choose the teacher's out-of-scope threshold on, and to draw the out-of-scope "
-    "trade-off on [default: CLINC --data's validation split].",
+    "trade-off on [default: --data's validation split].",
 )
+@text_column_option
+@label_column_option
+@oos_label_option("the first")
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads, all alike."
 )
@@ -271,8 +433,11 @@ def bench(
     no_teacher: bool,
     no_optimum_teacher: bool,
     peer: str | None,
-    data: Path | None,
-    validation: Path | None,
+    data: str | None,
+    validation: str | None,
+    text_column: str,
+    label_column: str,
+    oos_label: str | None,
     threads: int,
     batch_size: int,
     runs: int,
@@ -308,11 +473,12 @@ def bench(
     for path in bundles:
         if not path.is_dir():
             raise click.BadParameter(f"{path}: no such bundle folder", param_hint="BUNDLE")
-    source, pairs = _bench_data(data)
+    reading = _Reading(bundles[0], text_column, label_column, oos_label)
+    source, pairs = _bench_data(data, reading)
     say = lambda message: click.echo(message, err=True)  # noqa: E731
     if teacher is None and not no_teacher:
         teacher = _bundle_teacher(bundles[0])
-    validation_pairs = _validation_data(validation, source)
+    validation_pairs = _validation_data(validation, source, reading)
     contenders: list[lib.Contender] = []
     skipped: list[dict[str, str]] = []
     try:
@@ -373,28 +539,103 @@ def bench(
     help="Executable to write [default: dist/<bundle folder name>].",
 )
 @click.option("--force", is_flag=True, help="Replace an existing executable.")
-def freeze(bundle: Path, out: Path | None, force: bool) -> None:
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Ed25519 public key (edgepack keygen's .pub): embedded, and the executable refuses to start "
+    "unless its bundle's manifest.sig is this key's signature.",
+)
+def freeze(bundle: Path, out: Path | None, force: bool, public_key: Path | None) -> None:
     """Freeze BUNDLE into one executable (PyInstaller) that classifies text without a Python install.
 
     The executable carries the bundle and edgepack_runtime only (no torch, no transformers), verifies the
     bundle every time it starts, and answers its arguments or stdin lines as JSON lines (run it with -h).
+    With --public-key it also checks the bundle's signature at start (and carries cryptography for that).
     Needs PyInstaller: pip install 'edgepack[freeze]'."""
     from edgepack import freeze as lib
 
     out = out if out is not None else Path("dist") / bundle.resolve().name
     with _interruptible("executable", (EdgepackError, OSError)):
         try:
-            result = lib.freeze(bundle, out, force=force, progress=lambda m: click.echo(m, err=True))
+            result = lib.freeze(
+                bundle, out, force=force, progress=lambda m: click.echo(m, err=True), public_key=public_key
+            )
         except lib.BundleRefused as exc:
             raise click.BadParameter(str(exc), param_hint="BUNDLE") from None
         except lib.DestinationError as exc:
             raise click.BadParameter(str(exc), param_hint="--out") from None
+        except lib.PublicKeyRefused as exc:
+            raise click.BadParameter(str(exc), param_hint="--public-key") from None
     click.echo(
         f"Froze {bundle} into {result.path}: {result.size_bytes / 1e6:.1f} MB in {result.seconds:.0f} s"
     )
     click.echo(f"  Python packages inside: {', '.join(result.packages)} (+ the standard library)")
     click.echo(f"  checked absent: {', '.join(lib.BANNED)}")
     click.echo(f'  try: {result.path} "what is the pin number for my account?"   (or --version, --bench, -h)')
+    if public_key is not None:
+        click.echo(f"  checks at start that its bundle is signed by {public_key}")
+
+
+def _private_key(path: Path, option: str) -> Any:
+    """The private key at `path`; a key that cannot be used is a bad `option`."""
+    from edgepack import signing
+
+    try:
+        return signing.load_private_key(path)
+    except signing.KeyFileError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("out_prefix", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing key pair of that name.")
+def keygen(out_prefix: Path, force: bool) -> None:
+    """Make an Ed25519 key pair for signing bundles: OUT_PREFIX.key (private, PKCS8 PEM, readable by you
+    only: keep it on the build machine) and OUT_PREFIX.pub (public, PEM: give it to what runs bundles)."""
+    from edgepack import signing
+
+    try:
+        pair = signing.keygen(out_prefix, force=force)
+    except signing.KeyFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="OUT_PREFIX") from None
+    click.echo(f"wrote {pair.private} (private key, readable by you only) and {pair.public} (public key)")
+    click.echo(f"  key id {pair.key_id}")
+    click.echo(f"  sign: edgepack sign BUNDLE --key {pair.private}")
+    click.echo(f"  check: edgepack-run verify BUNDLE --public-key {pair.public}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Private key from edgepack keygen (PREFIX.key).",
+)
+def sign(bundle: Path, key_path: Path) -> None:
+    """Sign BUNDLE: verify it, then write manifest.sig, an Ed25519 signature over its manifest's digest
+    (which lists every file's sha256), replacing an earlier signature."""
+    from edgepack import signing
+
+    private_key = _private_key(key_path, "--key")
+    warning = signing.loose_permissions(key_path)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    try:
+        signed = signing.sign_folder(bundle, private_key)
+    except signing.BundleRefused as exc:
+        raise click.BadParameter(str(exc), param_hint="BUNDLE") from None
+    except signing.SigningError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"signed {bundle}: wrote {signed.path} (key id {signed.key_id[:16]}..., manifest digest "
+        f"{signed.manifest_sha256[:16]}...)"
+    )
+    public = key_path.with_suffix(signing.PUBLIC_SUFFIX)
+    shown = public if key_path.suffix == signing.PRIVATE_SUFFIX and public.is_file() else "PUBLIC_KEY"
+    click.echo(f"  check: edgepack-run verify {bundle} --public-key {shown}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ searches alpha, temperature, epochs and learning rate.
 The loss and the trainer live in `edgepack.training` (the prune stage's recovery uses them too). Training goes
 through transformers' `Trainer` (the chapter's `DistillationTrainer` pattern), so
 `torchrun` / `accelerate launch` spread it over devices unchanged; `[search] storage` (sqlite:// or
-postgresql://) lets several machines work on one Optuna study.
+postgresql://) lets several machines work on one Optuna study (`edgepack.study`: heartbeats, a study-wide
+trial budget, the same best trial for every worker).
 """
 
 from __future__ import annotations
@@ -16,23 +17,25 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
-from edgepack import models
-from edgepack.cache import Cache, cache_key
+from edgepack import architectures, models
+from edgepack import study as shared_study
+from edgepack.cache import Cache, cache_key, hash_folder
 from edgepack.errors import StageError
-from edgepack.recipe import DistillConfig, SearchConfig
+from edgepack.recipe import EXPORT_ONLY, DistillConfig, SearchConfig
 from edgepack.training import (
     DistillResult,
     HiddenStateTarget,
     TeacherResult,
     TransferSet,
     distillation_dataset,
+    seeded,
     train_student,
     validation_score,
 )
@@ -42,21 +45,20 @@ log = logging.getLogger(__name__)
 
 def student_from_teacher_layers(teacher: Any, layers: list[int]) -> Any:
     """A student with the teacher's embeddings, head and the chosen encoder layers (as DistilBERT was made)."""
-    encoder = getattr(teacher.base_model, "encoder", None)
-    blocks = getattr(encoder, "layer", None)
-    if blocks is None:
-        raise StageError(
-            f"distill.student = 'teacher-layers' needs a BERT-family teacher (base_model.encoder.layer); "
-            f"{type(teacher).__name__} has none. Set [distill] student to a model id or folder instead."
-        )
+    family = architectures.require(
+        teacher,
+        "[distill] student = 'teacher-layers'",
+        f'Set [distill] student to a model id or folder, or to "{EXPORT_ONLY}" (export the teacher itself).',
+    )
+    blocks = family.encoder_layers(teacher)
     if max(layers) >= len(blocks):
         raise StageError(
             f"[distill] layers = {layers} asks for layer {max(layers)}, but the teacher has {len(blocks)} layers "
             f"(0..{len(blocks) - 1})."
         )
     student = copy.deepcopy(teacher)
-    student.base_model.encoder.layer = torch.nn.ModuleList(copy.deepcopy(blocks[i]) for i in layers)
-    student.config.num_hidden_layers = len(layers)
+    family.set_encoder_layers(student, [copy.deepcopy(blocks[i]) for i in layers])
+    student.config.num_hidden_layers = len(layers)  # DistilBERT's n_layers through its attribute_map
     return student
 
 
@@ -117,18 +119,24 @@ class _Distiller:
     def train_student(
         self, config: DistillConfig, train: Any, out: Path, callbacks: list[Any] | None = None
     ) -> Any:
-        torch.manual_seed(config.seed)
         hidden = None
         if config.hidden_weight > 0:
             hidden = HiddenStateTarget(self.teacher_model, config.layers, config.hidden_weight)
-        return train_student(self.new_student(), self.tokenizer, train, config, out, callbacks, hidden)
+        with seeded(config.seed):  # a new student's head, dropout, shuffling
+            return train_student(self.new_student(), self.tokenizer, train, config, out, callbacks, hidden)
 
 
 def _search(
-    distiller: _Distiller, config: DistillConfig, search: SearchConfig, work: Path
+    distiller: _Distiller, config: DistillConfig, search: SearchConfig, work: Path, inputs: dict[str, str]
 ) -> tuple[Any, Any]:
+    """The study after its trials, and the best trial's model when this worker trained it (`final = "keep"`).
+
+    `inputs`: what the trials learn from (see _study_inputs); a study shared through `[search] storage` holds
+    only trials made from the same ones.
+    """
     import optuna
 
+    started = time.monotonic()
     subset = distiller.train.shuffle(seed=search.seed)
     subset = subset.select(range(max(1, math.ceil(len(subset) * search.train_fraction))))
     pruner = (
@@ -136,17 +144,11 @@ def _search(
         if search.pruner == "median"
         else optuna.pruners.NopPruner()
     )
-    study = optuna.create_study(
-        study_name=search.study_name,
-        storage=search.storage,
-        load_if_exists=search.storage is not None,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=search.seed),
-        pruner=pruner,
-    )
-    best_model: dict[str, Any] = {}
+    study = _open_study(search, pruner, inputs, distiller.teacher)
+    kept: dict[str, Any] = {}
 
     def objective(trial: optuna.Trial) -> float:
+        shared_study.claim(trial, search.trials)
         trial_config = replace(
             config,
             alpha=trial.suggest_float("alpha", *search.alpha),
@@ -160,8 +162,8 @@ def _search(
             raise optuna.TrialPruned()
         # The model is unchanged since the last epoch's callback scored it.
         score = reporter.last if reporter.last is not None else distiller.validation_score(model)
-        if search.final == "keep" and score > best_model.get("score", -1.0):
-            best_model.update(score=score, model=model)
+        if search.final == "keep" and score > kept.get("score", -1.0):
+            kept.update(score=score, model=model, number=trial.number)
         return score
 
     log.info(
@@ -170,30 +172,59 @@ def _search(
         search.timeout_minutes,
         len(subset),
     )
-    study.optimize(
-        objective,
-        n_trials=search.trials,
-        timeout=search.timeout_minutes * 60,
-        show_progress_bar=True,
-        catch=(),
+    poll = min(5.0, float(search.heartbeat_seconds))
+    shared_study.run_trials(study, objective, search.trials, started + search.timeout_minutes * 60, poll)
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = study.best_trial.number if completed else None
+    return study, kept.get("model") if kept.get("number") == best else None  # another worker's best: retrain
+
+
+def _open_study(search: SearchConfig, pruner: Any, inputs: dict[str, str], teacher: TeacherResult) -> Any:
+    """A study in memory (seeded sampler: the same trials every run), or the shared one in `[search] storage`
+    (unseeded: workers with one seed would sample the same points; constant liar: no piling on running ones)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar
+        if search.storage is None:
+            sampler = optuna.samplers.TPESampler(seed=search.seed)
+            return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+        sampler = optuna.samplers.TPESampler(constant_liar=True)
+    # Without a name, the workers of one recipe, data and teacher settings meet in the study named after them.
+    name = search.study_name or "edgepack-" + cache_key({k: v for k, v in inputs.items() if k != _WEIGHTS})
+    study = optuna.create_study(
+        study_name=name,
+        storage=shared_study.open_storage(search.storage, search.heartbeat_seconds),
+        load_if_exists=True,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
     )
-    return study, best_model.get("model")
+    shared_study.check_inputs(study, inputs, f"teacher cache folder teacher-{teacher.record['cache_key']}")
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    log.info(
+        "distill: worker %s joins study %r in %s (%d of %d trials complete)",
+        shared_study.worker_id(),
+        name,
+        shared_study.redact_url(search.storage),
+        done,
+        search.trials,
+    )
+    return study
 
 
-def _trials_record(study: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "params": t.params,
-            "value": t.value,
-            "intermediate": t.intermediate_values,
-            "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
-            if t.datetime_complete and t.datetime_start
-            else None,
-        }
-        for t in study.trials
-    ]
+_WEIGHTS = "teacher weights"
+
+
+def _study_inputs(teacher: TeacherResult, config: DistillConfig, search: SearchConfig) -> dict[str, str]:
+    """What a trial's score depends on besides its sampled settings: every worker of a study must share it."""
+    space = {k: getattr(search, k) for k in ("alpha", "temperature", "epochs", "learning_rate", "pruner")}
+    return {
+        "data and teacher settings": teacher.record["cache_key"],
+        _WEIGHTS: hash_folder(teacher.model_dir),  # teachers fine-tuned on two machines differ
+        "[distill] settings": cache_key(_key_settings(config)),
+        "[search] space": cache_key(space, search.train_fraction, search.seed),
+    }
 
 
 def run(
@@ -208,8 +239,13 @@ def run(
 
     `transfer`: text the teacher labelled beyond the training split (edgepack.augment), for the final student.
     A study shared through `[search] storage` is never cached: other machines may have added better trials.
+    With `[distill] student = "teacher"` (export-only) nothing is trained: the teacher goes on as the student.
     """
-    parts: list[Any] = [teacher.record["cache_key"], _key_settings(config), asdict(search), max_length]
+    if config.student == EXPORT_ONLY:
+        return _teacher_itself(teacher, config)
+    searched = asdict(search)
+    del searched["heartbeat_seconds"]  # how workers keep in touch, not what they learn: out of the key
+    parts: list[Any] = [teacher.record["cache_key"], _key_settings(config), searched, max_length]
     if transfer is not None:  # appended only when used, so students made without it keep their keys
         parts.append(transfer.record["cache_key"])
     key = cache_key(*parts)
@@ -224,6 +260,22 @@ def run(
     return DistillResult(
         result.model_dir, result.settings, result.record | {"cache_key": key, "cached": False}
     )
+
+
+def _teacher_itself(teacher: TeacherResult, config: DistillConfig) -> DistillResult:
+    """The export-only path: the (fine-tuned) teacher is the model the later stages export."""
+    log.info('distill: skipped ([distill] student = "%s"): the teacher itself is exported', EXPORT_ONLY)
+    record = {
+        "student": EXPORT_ONLY,
+        "skipped": "export-only: no student is trained and [search] is not run; the teacher is exported",
+        "layers": None,
+        "parameters": teacher.record.get("parameters"),
+        "teacher_parameters": teacher.record.get("parameters"),
+        "settings": asdict(config),  # what a prune stage's recovery would train with
+        "cache_key": teacher.record["cache_key"],  # the model is the cached teacher's
+        "cached": teacher.record.get("cached", False),
+    }
+    return DistillResult(teacher.model_dir, config, record)
 
 
 def _key_settings(config: DistillConfig) -> dict[str, Any]:
@@ -255,7 +307,8 @@ def _distill(
     try:
         final_config, kept = config, None
         if search.trials > 0:
-            study, kept = _search(distiller, config, search, work)
+            inputs = _study_inputs(teacher, config, search) if search.storage is not None else {}
+            study, kept = _search(distiller, config, search, work, inputs)
             if transfer is not None:  # a trial never saw the transfer text: the final student must
                 kept = None
             completed = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
@@ -265,10 +318,14 @@ def _distill(
                 )
             best = study.best_trial
             final_config = replace(config, **best.params)
+            trials = shared_study.trials_record(study)
             record["search"] = asdict(search) | {
+                "storage": shared_study.redact_url(search.storage),  # a bundle never carries a password
+                "study_name": study.study_name if search.storage is not None else None,
+                "workers": sorted({t["worker"] for t in trials if t["worker"]}),
                 "best_trial": best.number,
                 "best_value": best.value,
-                "trials": _trials_record(study),
+                "trials": trials,
             }
             record["search_seconds"] = round(time.perf_counter() - started, 1)
         if kept is None:

@@ -26,10 +26,12 @@ def run(
     teacher_metrics: dict[str, Any],
     config: EvaluateConfig,
     threads: int | None,
+    labels: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The staged bundle's figures, as the runtime answers (its out-of-scope rule applied) and by argmax."""
+    """The staged bundle's figures, as the runtime answers (its out-of-scope rule applied) and by argmax.
+    `labels`: the bundle's labels.json (the data's, plus a rejection label the oos stage added)."""
     clf = Classifier.load(bundle_dir, threads=threads or 0)
-    if clf.labels != splits.labels:
+    if clf.labels != (labels if labels is not None else splits.labels):
         raise StageError("evaluate: the bundle's labels.json does not match the data's label map.")
     oos_id = splits.oos_id()
     index = {label: i for i, label in enumerate(clf.labels)}
@@ -45,7 +47,8 @@ def run(
         record[split] = metrics.scores(argmax, gold, oos_id)
         if clf.oos_label is not None:
             answered = np.array([index[p.label] for p in predictions])
-            record[f"{split}_thresholded"] = metrics.scores(answered, gold, oos_id)
+            rejected = float(np.mean([p.rejected for p in predictions]))
+            record[f"{split}_thresholded"] = metrics.scores(answered, gold, oos_id) | {"rejected": rejected}
     if clf.oos_label is not None:
         record["oos_threshold"] = clf.oos_threshold
     log.info("evaluate: test %s", record.get("test_thresholded", record["test"]))

@@ -3,12 +3,13 @@
 The graph has two outputs: `logits`, and `features`, the last layer mean-pooled over the attention mask, which
 the out-of-scope stage (edgepack.oos) turns into the bundle's `oos_score` and then removes.
 
-TorchScript exporter (`dynamo=False`) with eager attention: its graph is the one ONNX Runtime's BERT
-optimizer fuses completely (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization).
+TorchScript exporter (`dynamo=False`) with eager attention (SDPA for DistilBERT): the graphs ONNX Runtime's
+optimizer fuses (edgepack.architectures lists what it fuses per family).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgepack import models
+from edgepack import architectures, models
 from edgepack.errors import StageError
 from edgepack.recipe import ExportConfig
 
@@ -35,16 +36,18 @@ class ModelFacts:
     layers: int
     hidden_size: int
     vocab_size: int
-    max_position_embeddings: int
+    max_position_embeddings: int  # the longest input the position table serves
 
     @classmethod
     def of(cls, config: Any) -> ModelFacts:
+        family = architectures.family_of(config.model_type)
+        positions = family.max_positions(config) if family else config.max_position_embeddings
         return cls(
             architecture=config.model_type,
             layers=config.num_hidden_layers,
             hidden_size=config.hidden_size,
             vocab_size=config.vocab_size,
-            max_position_embeddings=config.max_position_embeddings,
+            max_position_embeddings=positions,
         )
 
 
@@ -57,11 +60,11 @@ class ExportResult:
     record: dict[str, Any]
 
 
-def _input_names(model: Any) -> list[str]:
-    names = ["input_ids", "attention_mask"]
-    if getattr(model.config, "type_vocab_size", 0):
-        names.append("token_type_ids")
-    return names
+def _input_names(model: Any, tokenizer: Any) -> list[str]:
+    """token_type_ids when the family takes them (BERT); for other families when the tokenizer makes them."""
+    family = architectures.family_of(model.config.model_type)
+    types = family.token_type_ids if family else "token_type_ids" in tokenizer.model_input_names
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if types else [])
 
 
 def _encode(tokenizer: Any, texts: list[str], max_length: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -80,9 +83,13 @@ def parity_inputs(tokenizer: Any, max_length: int, names: list[str]) -> list[dic
 class WithFeatures(torch.nn.Module):
     """The classifier's logits and its last hidden layer mean-pooled over the attention mask."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, zero_token_types: bool = False) -> None:
         super().__init__()
         self.model = model
+        # Token types as zeros shaped like input_ids, when the graph takes none but the model adds a token-type
+        # embedding (RoBERTa): its default slices a max-positions buffer, which ORT's symbolic shape inference
+        # (static quantization) cannot broadcast against the sequence.
+        self.zero_token_types = zero_token_types
 
     def forward(
         self,
@@ -93,6 +100,8 @@ class WithFeatures(torch.nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:  # models without token types (DistilBERT) take no such argument
             inputs["token_type_ids"] = token_type_ids
+        elif self.zero_token_types:
+            inputs["token_type_ids"] = torch.zeros_like(input_ids)
         out = self.model(**inputs, output_hidden_states=True)
         last = out.hidden_states[-1]
         mask = attention_mask.unsqueeze(-1).to(last.dtype)
@@ -101,13 +110,17 @@ class WithFeatures(torch.nn.Module):
 
 def run(model_dir: Path, config: ExportConfig, max_length: int, out: Path) -> ExportResult:
     import onnxruntime as ort
+    from transformers import AutoConfig
 
-    model = models.load_classifier(model_dir).eval()
+    family = architectures.family_of(AutoConfig.from_pretrained(model_dir).model_type)
+    attention = family.export_attention if family else "eager"
+    model = models.load_classifier(model_dir, attention=attention).eval()
     tokenizer = models.load_tokenizer(model_dir)
-    names = _input_names(model)
+    names = _input_names(model, tokenizer)
     sample = _encode(tokenizer, list(PARITY_TEXTS), max_length, names)
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {o: {0: "batch"} for o in OUTPUTS}
-    wrapped = WithFeatures(model).eval()
+    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
+    wrapped = WithFeatures(model, zero_token_types=takes_types and "token_type_ids" not in names).eval()
     with torch.inference_mode():
         torch.onnx.export(
             wrapped,
@@ -132,6 +145,7 @@ def run(model_dir: Path, config: ExportConfig, max_length: int, out: Path) -> Ex
     record = {
         "opset": config.opset,
         "exporter": "torch.onnx (TorchScript)",
+        "attention": attention,
         "inputs": names,
         "parity_max_abs_logit_diff": worst,
         "parity_max_abs_feature_diff": worst_features,

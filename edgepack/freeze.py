@@ -15,6 +15,10 @@
 6. Only then is it moved into place; a failure or Ctrl-C leaves nothing behind (on failure the PyInstaller
    log is kept beside `out` as NAME.freeze.log and named in the error).
 
+With public_key (an Ed25519 .pub from `edgepack keygen`), the bundle must be signed by it (step 3 checks it),
+the key is embedded beside the bundle, cryptography is packed in, and the executable checks the signature
+every time it starts; without one, cryptography is excluded (the plain runtime does not need it).
+
 The program inside the executable is edgepack_runtime.frozen (see there for its options and output).
 """
 
@@ -31,8 +35,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgepack.errors import EdgepackError
+
+if TYPE_CHECKING:
+    from edgepack_runtime.signing import PublicKey
 
 INSTALL_HINT = "pip install 'edgepack[freeze]'"
 # Never in the executable: the build side and what it pulls in. Excluded explicitly, and checked afterwards.
@@ -95,6 +103,13 @@ PHASES = (
     ("Building EXE", "writing the executable"),
 )
 LOG_TAIL = 15  # log lines quoted in an error
+# Only in an executable frozen with a public key: what checks the signature (imported lazily by the runtime).
+SIGNING_PACKAGE = "cryptography"
+SIGNING_IMPORTS = (
+    "cryptography.exceptions",
+    "cryptography.hazmat.primitives.serialization",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+)
 
 
 class FreezeError(EdgepackError):
@@ -107,6 +122,10 @@ class BundleRefused(FreezeError):
 
 class DestinationError(FreezeError):
     """The output path exists (without force) or cannot be used."""
+
+
+class PublicKeyRefused(FreezeError):
+    """The public key to embed is missing or not an Ed25519 public key."""
 
 
 @dataclass(frozen=True)
@@ -144,12 +163,33 @@ def check_destination(out: Path, force: bool) -> None:
         raise DestinationError(f"{out} is not a usable executable name")
 
 
-def verify_bundle(bundle: Path) -> str:
-    """Load the bundle as the executable will (verification and a test run); return its name."""
-    from edgepack_runtime import BundleError, Classifier
+def load_public_key(path: Path) -> tuple[PublicKey, bytes]:
+    """The key to embed, loaded by the runtime, and its PEM bytes (as the executable will read them)."""
+    from cryptography.hazmat.primitives import serialization
+    from edgepack_runtime import BundleError
+    from edgepack_runtime.signing import load_public_key as runtime_load
 
     try:
-        return Classifier.load(bundle, threads=1).name
+        key = runtime_load(path)
+    except BundleError as exc:
+        raise PublicKeyRefused(f"{exc}; nothing was frozen") from None
+    pem = key.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key, pem
+
+
+def verify_bundle(bundle: Path, public_key: PublicKey | None = None) -> str:
+    """Load the bundle as the executable will (verification, signature with a key, a test run); return its
+    name."""
+    from edgepack_runtime import BundleError, Classifier, SignatureError
+
+    try:
+        return Classifier.load(bundle, threads=1, public_key=public_key).name
+    except SignatureError as exc:
+        assert public_key is not None
+        raise BundleRefused(
+            f"{bundle} is not signed by {public_key.origin} ({exc}); nothing was frozen. Sign it with the "
+            f"matching private key (edgepack sign {bundle} --key KEY), or freeze it without --public-key."
+        ) from None
     except BundleError as exc:
         raise BundleRefused(
             f"{bundle} is not a valid bundle ({exc}); nothing was frozen. Freeze a bundle that "
@@ -157,16 +197,18 @@ def verify_bundle(bundle: Path) -> str:
         ) from None
 
 
-def stage_bundle(bundle: Path, folder: Path) -> dict[str, str]:
-    """Copy the bundle's files into folder, verify the copy; return {file name: sha256} of what was copied."""
+def stage_bundle(bundle: Path, folder: Path, public_key: PublicKey | None = None) -> dict[str, str]:
+    """Copy the bundle's files (manifest.sig too, when there is one) into folder, verify the copy (with its
+    signature, given a key); return {file name: sha256} of what was copied."""
     from edgepack_runtime import BundleError
-    from edgepack_runtime.bundle import BUNDLE_FILES, MANIFEST, read_bundle
+    from edgepack_runtime.bundle import BUNDLE_FILES, MANIFEST, SIGNATURE, read_bundle
 
     folder.mkdir()
-    for name in (MANIFEST, *BUNDLE_FILES):
+    names = (MANIFEST, *BUNDLE_FILES, *((SIGNATURE,) if (bundle / SIGNATURE).exists() else ()))
+    for name in names:
         shutil.copyfile(bundle / name, folder / name)
     try:
-        read_bundle(folder)
+        read_bundle(folder, public_key)
     except BundleError as exc:
         raise BundleRefused(
             f"{bundle} changed while it was being frozen ({exc}); nothing was frozen"
@@ -174,15 +216,23 @@ def stage_bundle(bundle: Path, folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
 
-def pyinstaller_command(name: str, entry: Path, bundle: Path, work: Path) -> list[str]:
-    """The PyInstaller call: one file, the bundle as data under 'bundle/', heavy packages excluded."""
+def pyinstaller_command(
+    name: str, entry: Path, bundle: Path, work: Path, key: Path | None = None
+) -> list[str]:
+    """The PyInstaller call: one file, the bundle as data under 'bundle/', heavy packages excluded; with
+    `key` (a PEM file named TRUSTED_KEY), the key beside the bundle and cryptography packed, else excluded."""
     import edgepack_runtime
     from edgepack_runtime.frozen import EMBEDDED
 
     runtime_root = Path(edgepack_runtime.__file__).resolve().parent.parent
     # PyInstaller reads relative paths against the spec's folder: pass absolute ones.
     entry, bundle, work = entry.resolve(), bundle.resolve(), work.resolve()
-    excludes = [arg for module in EXCLUDED for arg in ("--exclude-module", module)]
+    excluded = EXCLUDED if key is not None else (*EXCLUDED, SIGNING_PACKAGE)
+    excludes = [arg for module in excluded for arg in ("--exclude-module", module)]
+    signing: list[str] = []
+    if key is not None:
+        signing = ["--add-data", f"{key.resolve()}{os.pathsep}."]
+        signing += [arg for module in SIGNING_IMPORTS for arg in ("--hidden-import", module)]
     # No --strip: it would shrink libpython (23 -> 6 MB) but breaks numpy's patchelf-ed OpenBLAS
     # ("ELF load command address/offset not page-aligned" at import).
     return [
@@ -190,6 +240,7 @@ def pyinstaller_command(name: str, entry: Path, bundle: Path, work: Path) -> lis
         *("--name", name, "--distpath", str(work / "dist"), "--workpath", str(work / "build")),
         *("--specpath", str(work), "--paths", str(runtime_root)),
         *("--add-data", f"{bundle}{os.pathsep}{EMBEDDED}"),
+        *signing,
         *excludes,
         str(entry),
     ]
@@ -240,24 +291,35 @@ def _top_level(name: str) -> str:
     return name.split("/")[0].split(".")[0]
 
 
-def check_contents(exe: Path, staged: dict[str, str]) -> tuple[list[str], list[str]]:
-    """Refuse an executable holding a banned package or a bundle other than the staged one; return its
-    (files, modules)."""
-    from edgepack_runtime.frozen import EMBEDDED
+def check_contents(
+    exe: Path, staged: dict[str, str], key: bytes | None = None
+) -> tuple[list[str], list[str]]:
+    """Refuse an executable holding a banned package or a bundle other than the staged one, or whose public
+    key and cryptography do not match `key` (the PEM embedded, None: no key); return its (files, modules)."""
+    from edgepack_runtime.frozen import EMBEDDED, TRUSTED_KEY
     from PyInstaller.archive.readers import CArchiveReader
 
     files, modules = archive_contents(exe)
-    banned = sorted({_top_level(n) for n in files + modules} & set(BANNED))
+    tops = {_top_level(n) for n in files + modules}
+    banned = sorted(tops & set(BANNED))
     if banned:
         raise FreezeError(
             f"the executable contains {', '.join(banned)}, which must never be in it; something the "
             "runtime imports pulls them in (PyInstaller's log and xref file show what)"
+        )
+    if (SIGNING_PACKAGE in tops) != (key is not None):
+        raise FreezeError(
+            f"the executable {'lacks' if key is not None else 'contains'} {SIGNING_PACKAGE}, which it "
+            f"{'needs to check its signature' if key is not None else 'must not carry without --public-key'}"
         )
     reader = CArchiveReader(str(exe))
     for file, digest in staged.items():
         entry = f"{EMBEDDED}/{file}"
         if entry not in reader.toc or hashlib.sha256(reader.extract(entry)).hexdigest() != digest:
             raise FreezeError(f"the executable's {entry} is missing or differs from the verified bundle")
+    embedded = reader.extract(TRUSTED_KEY) if TRUSTED_KEY in reader.toc else None
+    if embedded != key:
+        raise FreezeError(f"the executable's {TRUSTED_KEY} is not the public key given (or should be absent)")
     return files, modules
 
 
@@ -294,37 +356,53 @@ def _keep_log(log_path: Path, out: Path) -> str:
     return f"\nPyInstaller log: {kept}; its last lines:\n  " + "\n  ".join(tail)
 
 
-def build_executable(bundle: Path, out: Path, work: Path, progress: Progress) -> tuple[list[str], list[str]]:
+def build_executable(
+    bundle: Path, out: Path, work: Path, progress: Progress, public_key: tuple[PublicKey, bytes] | None = None
+) -> tuple[list[str], list[str]]:
     """Steps 4-5 in the temporary folder `work`; return the executable's (files, modules)."""
-    staged = stage_bundle(bundle, work / "bundle")
+    from edgepack_runtime.frozen import TRUSTED_KEY
+
+    staged = stage_bundle(bundle, work / "bundle", public_key[0] if public_key else None)
+    key_file = None
+    if public_key is not None:
+        key_file = work / TRUSTED_KEY
+        key_file.write_bytes(public_key[1])
     entry = work / "edgepack_frozen_main.py"
     entry.write_text(ENTRY, encoding="utf-8")
     log_path = work / "pyinstaller.log"
     progress("running PyInstaller (about half a minute; its log is kept if it fails) ...")
     try:
-        run_pyinstaller(pyinstaller_command(out.name, entry, work / "bundle", work), log_path, progress)
+        command = pyinstaller_command(out.name, entry, work / "bundle", work, key_file)
+        run_pyinstaller(command, log_path, progress)
     except FreezeError as exc:
         raise FreezeError(f"{exc}{_keep_log(log_path, out)}") from None
     exe = work / "dist" / out.name
     progress("checking the executable's contents and running it once ...")
-    contents = check_contents(exe, staged)
+    contents = check_contents(exe, staged, public_key[1] if public_key else None)
     smoke_test(exe)
     return contents
 
 
-def freeze(bundle: Path, out: Path, force: bool = False, progress: Progress = print) -> FreezeResult:
+def freeze(
+    bundle: Path,
+    out: Path,
+    force: bool = False,
+    progress: Progress = print,
+    public_key: Path | None = None,
+) -> FreezeResult:
     """Freeze `bundle` into the executable `out` (see the module docstring). Raises FreezeError."""
     start = time.monotonic()
     bundle, out = Path(bundle), Path(out)
     require_pyinstaller()
     check_destination(out, force)
-    progress(f"verifying bundle {bundle} ...")
-    name = verify_bundle(bundle)
-    progress(f"bundle {name} verified")
+    key = load_public_key(Path(public_key)) if public_key is not None else None
+    progress(f"verifying bundle {bundle}" + (f" and its signature by {public_key}" if key else "") + " ...")
+    name = verify_bundle(bundle, key[0] if key else None)
+    progress(f"bundle {name} verified" + (f" (signed by key {key[0].key_id[:16]}...)" if key else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.freezing-", dir=out.parent)).resolve()
     try:
-        files, modules = build_executable(bundle, out, work, progress)
+        files, modules = build_executable(bundle, out, work, progress, key)
         os.replace(work / "dist" / out.name, out)
         out.with_name(f"{out.name}.freeze.log").unlink(missing_ok=True)  # an earlier failure's log
     finally:

@@ -7,12 +7,14 @@ Weights are always loaded from safetensors (`use_safetensors=True`): a folder wi
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from edgepack.errors import ModelSourceError
+from edgepack.errors import ModelSourceError, RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -105,30 +107,91 @@ def load_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def load_classifier(folder: Path, labels: list[str] | None = None) -> Any:
-    """A sequence classifier from safetensors, with eager attention (what ONNX export and fusion need)."""
+def load_classifier(
+    folder: Path, labels: list[str] | None = None, *, attention: str = "eager", resize_head: bool = False
+) -> Any:
+    """A sequence classifier from safetensors, with eager attention by default (what ONNX export and fusion
+    need; edgepack.architectures names the families exported with another). `resize_head`: a checkpoint head
+    with another number of labels than `labels` is replaced by a new one."""
     from transformers import AutoModelForSequenceClassification
 
-    kwargs: dict = {"use_safetensors": True, "attn_implementation": "eager"}
+    kwargs: dict = {"use_safetensors": True, "attn_implementation": attention}
     if labels is not None:
         kwargs |= {
             "num_labels": len(labels),
             "id2label": dict(enumerate(labels)),
             "label2id": {name: i for i, name in enumerate(labels)},
         }
+    if resize_head:
+        kwargs["ignore_mismatched_sizes"] = True
     try:
         return AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"Could not load a classifier from {folder}: {exc}") from None
 
 
-def finetuned_labels(folder: Path) -> list[str] | None:
-    """The classifier's own label names if the folder holds a fine-tuned classification model, else None."""
+def classifier_labels(folder: Path) -> list[str] | None:
+    """The label names (in id order) of a checkpoint with a sequence-classification head, None without one."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
-    is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        return None
     id2label = getattr(config, "id2label", None) or {}
-    names = [id2label[i] for i in sorted(id2label)]
-    generic = all(str(name).startswith("LABEL_") for name in names)
-    return names if is_classifier and names and not generic else None
+    return [str(id2label[i]) for i in sorted(id2label)] or None
+
+
+def is_generic(labels: list[str]) -> bool:
+    """Whether labels are transformers' placeholders LABEL_0..LABEL_N rather than names."""
+    return all(re.fullmatch(r"LABEL_\d+", name) for name in labels)
+
+
+def finetuned_labels(folder: Path) -> list[str] | None:
+    """The classifier's own label names if the folder holds a fine-tuned classification model, else None."""
+    names = classifier_labels(folder)
+    return names if names and not is_generic(names) else None
+
+
+def read_label_map(spec: dict[str, str] | str) -> dict[str, str]:
+    """`[teacher] label_map`: a table, or the path of a JSON file holding an object (checkpoint label or id ->
+    data label) or a list (data labels in id order)."""
+    if isinstance(spec, dict):
+        return spec
+    path = Path(spec).expanduser()
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RecipeError(
+            f"[teacher] label_map = {spec!r}: cannot read it as a JSON file ({type(exc).__name__}: {exc}). "
+            'Give a table such as {LABEL_0 = "greeting"} or the path of a JSON object or list.'
+        ) from None
+    if isinstance(value, list):
+        value = {str(i): name for i, name in enumerate(value)}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise RecipeError(
+            f"[teacher] label_map file {path} must hold a JSON object of label names "
+            '({"LABEL_0": "greeting", ...}) or a list of them in id order.'
+        )
+    return {str(k): v for k, v in value.items()}
+
+
+def apply_label_map(labels: list[str], mapping: dict[str, str], where: str) -> list[str]:
+    """The checkpoint's `labels` (id order) renamed by `mapping`, whose keys are label names or ids; names
+    it does not mention stay as they are."""
+    ids = {str(i): name for i, name in enumerate(labels)}
+    unknown = sorted(k for k in mapping if k not in labels and k not in ids)
+    if unknown:
+        raise RecipeError(
+            f"[teacher] label_map names {unknown[:10]}, which {where} does not have: its labels are "
+            f"{labels[:20]}{' ...' if len(labels) > 20 else ''} (ids 0..{len(labels) - 1}). Key the map by "
+            "those names or ids."
+        )
+    by_name = {ids.get(k, k): v for k, v in mapping.items()}
+    renamed = [by_name.get(name, name) for name in labels]
+    doubled = sorted({n for n in renamed if renamed.count(n) > 1})
+    if doubled:
+        raise RecipeError(
+            f"[teacher] label_map gives two of {where}'s labels the same name: {doubled[:10]}. Each class needs "
+            "its own label."
+        )
+    return renamed

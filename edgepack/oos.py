@@ -23,6 +23,12 @@ Rules for the threshold (`[evaluate] oos_threshold`):
   a number    that threshold, on the chosen method's score
 `[evaluate] oos_method = "auto"` picks the method whose threshold (by the rule) gives the best balanced
 validation score; every method's validation figures go into the manifest.
+
+Data without an out-of-scope class (no `[data] oos_label`, or one the data lacks) is answered by argmax,
+unless `[evaluate] rejection_label` names the answer to rejected texts: labels.json then gains that label last,
+the graph's logits gain a column far below every other (the model never predicts it; its probability is 0),
+and the threshold ("reject:Q" or a number: there are no out-of-scope texts to tune on) is set on the in-scope
+validation texts as above.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgepack_runtime.data import DataError
 from edgepack_runtime.manifest import rejects
 
 from edgepack import metrics
@@ -48,6 +55,8 @@ SCORE = "oos_score"  # the packaged graph's score output
 METHODS = OOS_METHODS
 ABOVE = {"mahalanobis"}  # methods whose high scores mean out of scope
 SHRINKAGE = 1e-3  # ridge added to the shared covariance (relative to its mean variance), for a stable inverse
+CLASS_LOGITS = "oos/class_logits"  # the model's logits, when a rejection label's column is appended to them
+REJECTION_MARGIN = 1e4  # the appended logit is this far below the smallest: exp(-1e4) is 0 in float32
 
 
 @dataclass
@@ -178,10 +187,50 @@ def choose_threshold(
     return _best_threshold(rule, scores, method, pred, np.where(gold == oos_id, -1, gold))
 
 
-def figures(pred: np.ndarray, gold: np.ndarray, oos_id: int) -> dict[str, float]:
-    """accuracy, in-scope accuracy, oos recall, and their balanced mean."""
-    out = metrics.scores(pred, gold, oos_id)
-    return out | {"balanced": (out["in_scope_accuracy"] + out["oos_recall"]) / 2}
+def figures(pred: np.ndarray, gold: np.ndarray, oos_id: int) -> dict[str, float | None]:
+    """accuracy, in-scope accuracy, oos recall, and their balanced mean (with no out-of-scope texts: no
+    recall, and the in-scope accuracy)."""
+    out: dict[str, float | None] = dict(metrics.scores(pred, gold, oos_id))
+    if not (np.asarray(gold) == oos_id).any():
+        return out | {"oos_recall": None, "balanced": out["in_scope_accuracy"]}
+    return out | {"balanced": (out["in_scope_accuracy"] + out["oos_recall"]) / 2}  # type: ignore[operator]
+
+
+def plan(splits: LabelledSplits, rule: str | float | None, rejection_label: str | None) -> dict[str, Any]:
+    """What the oos stage will do with these splits: the label rejected texts get, whether it is added to
+    the data's labels, and why. Raises DataError, before any training, for a plan that cannot work."""
+    if splits.oos_label is not None:
+        if rejection_label not in (None, splits.oos_label):
+            raise DataError(
+                f"[evaluate] rejection_label = {rejection_label!r}, but the data has an out-of-scope class "
+                f"{splits.oos_label!r} ([data] oos_label), which rejected texts are answered with: unset "
+                "rejection_label."
+            )
+        in_validation = bool((splits.label_ids["validation"] == splits.oos_id()).any())
+        if rule in ("auto", "accuracy") and not in_validation:
+            raise DataError(
+                f"[evaluate] oos_threshold = {rule!r} is chosen on out-of-scope validation texts, and the "
+                f"validation split has none labelled {splits.oos_label!r}: use a reject rule such as "
+                "'reject:0.02' (it needs none)."
+            )
+        why = "the data's out-of-scope class" if rule is not None else "no oos_threshold: argmax answers"
+        return {"label": splits.oos_label if rule is not None else None, "added": False, "why": why}
+    if rejection_label is None or rule is None:
+        why = (
+            "the data has no out-of-scope class ([data] oos_label is unset) and [evaluate] rejection_label is "
+            "unset: the bundle answers by argmax"
+            if rejection_label is None
+            else "[evaluate] oos_threshold is none: the bundle answers by argmax"
+        )
+        return {"label": None, "added": False, "why": why}
+    if rejection_label in splits.labels:
+        raise DataError(
+            f"[evaluate] rejection_label = {rejection_label!r} is a class of the data; if it is the data's "
+            "out-of-scope class, set [data] oos_label (--oos-label) to it and unset rejection_label, else "
+            "choose another name."
+        )
+    why = f"[evaluate] rejection_label: added to the data's labels, answered when {rule!r} rejects a text"
+    return {"label": rejection_label, "added": True, "why": why}
 
 
 # ---------------------------------------------------------------- the score inside the graph
@@ -260,9 +309,32 @@ def _drop_dead_nodes(graph: Any) -> None:
     graph.initializer.extend(live)
 
 
-def rewrite_graph(onnx_path: Path, method: str | None, stats: ClassStats | None, out: Path) -> None:
+def _append_rejection_logit(nodes: _Nodes) -> None:
+    """`logits` gains a last column REJECTION_MARGIN below the row's smallest logit: the rejection label's,
+    never the argmax, probability 0, and no change to any score computed from the logits."""
+    graph = nodes.graph
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == "logits":
+                node.input[i] = CLASS_LOGITS
+        for i, name in enumerate(node.output):
+            if name == "logits":
+                node.output[i] = CLASS_LOGITS
+    lowest = nodes.reduce("ReduceMin", CLASS_LOGITS, 1, "lowest_logit", keepdims=1)
+    margin = nodes.const("rejection_margin", np.array(REJECTION_MARGIN, dtype=np.float32))
+    floor = nodes.op("Sub", [lowest, margin], "rejection_logit")
+    nodes.op("Concat", [CLASS_LOGITS, floor], "logits_with_rejection", axis=1)
+    graph.node[-1].output[0] = "logits"
+    dims = next(o for o in graph.output if o.name == "logits").type.tensor_type.shape.dim
+    if dims and dims[-1].dim_value:
+        dims[-1].dim_value += 1
+
+
+def rewrite_graph(
+    onnx_path: Path, method: str | None, stats: ClassStats | None, out: Path, add_rejection: bool = False
+) -> None:
     """The graph at `onnx_path` with `features` replaced by `oos_score` computed by `method` (None: only
-    `features` removed), written to `out`."""
+    `features` removed), and with `add_rejection` a last logit for a rejection label, written to `out`."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -270,9 +342,11 @@ def rewrite_graph(onnx_path: Path, method: str | None, stats: ClassStats | None,
     graph = model.graph
     batch = graph.output[0].type.tensor_type.shape.dim[0]
     kept_outputs = [o for o in graph.output if o.name != FEATURES]
+    nodes = _Nodes(model)
+    if add_rejection:
+        _append_rejection_logit(nodes)
     if method is not None:
         assert stats is not None or method not in ("mahalanobis", "centroid_cosine")
-        nodes = _Nodes(model)
         _score_tensor(nodes, method, stats)  # type: ignore[arg-type]
         graph.node[-1].output[0] = SCORE  # the last node appended computes the score
         shape = [batch.dim_param or batch.dim_value]
@@ -292,6 +366,7 @@ class OosResult:
     onnx_path: Path  # the graph to package: logits (+ oos_score when rejection is on)
     oos: dict[str, Any] | None  # the manifest's "oos": label, method, output, direction, threshold, rule
     record: dict[str, Any]  # every method's validation figures, fidelity of the INT8 score, bytes added
+    labels: list[str]  # the bundle's labels.json: the data's, plus an added rejection label
 
 
 def _outputs(onnx_path: Path, tokenizer: Any, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
@@ -312,9 +387,10 @@ def _evaluate_methods(
     for method in methods:
         scores = method_scores(method, val["logits"], val[FEATURES], stats)
         threshold = choose_threshold(rule, scores, pred, gold, oos_id, method)
-        out[method] = {"threshold": threshold} | figures(
-            answers(pred, scores, threshold, method, oos_id), gold, oos_id
-        )
+        out[method] = {
+            "threshold": threshold,
+            **figures(answers(pred, scores, threshold, method, oos_id), gold, oos_id),
+        }
     return out
 
 
@@ -327,13 +403,17 @@ def run(
     splits: LabelledSplits,
     max_length: int,
     out: Path,
+    rejection_label: str | None = None,
 ) -> OosResult:
-    """Choose the out-of-scope method and threshold on validation and build them into the graph at `out`."""
-    oos_id = splits.oos_id()
+    """Choose the out-of-scope method and threshold on validation and build them into the graph at `out`
+    (see the module docstring for data without an out-of-scope class and `rejection_label`)."""
+    planned = plan(splits, rule, rejection_label)
+    labels = [*splits.labels, planned["label"]] if planned["added"] else list(splits.labels)
+    oos_id = labels.index(planned["label"]) if planned["label"] is not None else None
     if oos_id is None or rule is None:
-        log.info("oos: no out-of-scope label or rule; the bundle answers by argmax")
+        log.info("oos: %s", planned["why"])
         rewrite_graph(int8, None, None, out)
-        return OosResult(out, None, {"method": None})
+        return OosResult(out, None, {"method": None, "why": planned["why"]}, labels)
     train = _outputs(int8, tokenizer, splits.texts["train"], max_length)
     val = _outputs(int8, tokenizer, splits.texts["validation"], max_length)
     train_ids = splits.label_ids["train"]
@@ -342,9 +422,9 @@ def run(
     candidates = _evaluate_methods(METHODS if method == "auto" else (method,), rule, val, gold, oos_id, stats)
     chosen = max(candidates, key=lambda m: candidates[m]["balanced"]) if method == "auto" else method
     threshold = candidates[chosen]["threshold"]
-    rewrite_graph(int8, chosen, stats, out)
+    rewrite_graph(int8, chosen, stats, out, add_rejection=planned["added"])
     oos = {
-        "label": splits.oos_label,
+        "label": planned["label"],
         "method": chosen,
         "output": SCORE,
         "direction": direction(chosen),
@@ -355,6 +435,8 @@ def run(
         "method": chosen,
         "chosen_by": "best balanced validation score" if method == "auto" else "recipe",
         "rule": rule,
+        "label": planned["label"],
+        "why": planned["why"],
         "feature": "last layer mean-pooled over the attention mask",
         "validation": candidates,
         "bytes_added": out.stat().st_size - int8.stat().st_size,
@@ -366,7 +448,7 @@ def run(
         ),
     }
     log.info("oos: %s, threshold %.4g (%s); validation %s", chosen, threshold, rule, candidates[chosen])
-    return OosResult(out, oos, record)
+    return OosResult(out, oos, record, labels)
 
 
 def _graph_agreement(

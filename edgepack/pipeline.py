@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +29,10 @@ from edgepack import (
     oos,
     optimize,
     package,
+    provenance,
     prune,
     quantize,
+    signing,
     teacher,
 )
 from edgepack.cache import Cache
@@ -54,16 +54,6 @@ STAGES = (
     "package",
     "evaluate",
 )
-_VERSIONED = (
-    "torch",
-    "transformers",
-    "onnx",
-    "onnxruntime",
-    "tokenizers",
-    "optuna",
-    "numpy",
-    "edgepack-runtime",
-)
 
 
 class _Timer:
@@ -77,16 +67,6 @@ class _Timer:
         yield
         self.seconds[name] = round(time.perf_counter() - started, 1)
         log.info("%s done in %.1f s", name, self.seconds[name])
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def _set_threads(threads: int | None) -> None:
@@ -107,12 +87,15 @@ def _manifest(
     onnx_path: Path,
     facts: export.ModelFacts,
     splits: data.LabelledSplits,
+    labels: list[str],
+    max_length: int,
 ) -> dict[str, Any]:
-    """The manifest's descriptive part; stage records and metrics are added by build()."""
+    """The manifest's descriptive part; stage records and metrics are added by build(). `labels` are the
+    bundle's (the data's, plus a rejection label the oos stage added), `max_length` the data stage's."""
     target = TARGETS[recipe.target]
     model = package.graph_io(onnx_path) | {
-        "num_labels": splits.num_labels,
-        "max_length": recipe.data.max_length,
+        "num_labels": len(labels),
+        "max_length": max_length,
         "vocab_size": facts.vocab_size,
         "max_position_embeddings": facts.max_position_embeddings,
         "architecture": facts.architecture,
@@ -129,25 +112,28 @@ def _manifest(
         "oos": None,  # set by build() from the oos stage
         "data": splits.record,
         "recipe": recipe.to_dict(),
-        "versions": _versions(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "versions": provenance.versions(),  # python and every package of edgepack's dependency closure
+        "machine": provenance.machine(),
+        "reproducibility": {"seeds": provenance.seeds(recipe), **provenance.determinism()},
     }
 
 
-def build(recipe: Recipe, *, force: bool = False) -> Path:
-    """Run every stage and write the bundle; returns its folder."""
+def build(recipe: Recipe, *, force: bool = False, sign_key: Path | None = None) -> Path:
+    """Run every stage and write the bundle; returns its folder. With sign_key (a private key file from
+    `edgepack keygen`), the staged bundle is signed (manifest.sig) before it is moved into place."""
     destination = Path(recipe.package.output_dir) / recipe.package.name
     package.check_destination(destination, force)
+    signer = signing.load_private_key(sign_key) if sign_key is not None else None  # a bad key fails now
     _set_threads(recipe.threads)
     timer = _Timer()
     started = dt.datetime.now(dt.UTC)
     cache = Cache(recipe.cache_dir)
     cache.root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="work-", dir=cache.root))
-    max_length = recipe.data.max_length
     try:
-        with timer.stage("data"):
-            splits = data.load_splits(recipe.data)
+        with timer.stage("data"):  # max_length: the recipe's, or from the data's token lengths ("auto")
+            splits, max_length = data.run(recipe.data, recipe.teacher.model)
+            oos.plan(splits, recipe.evaluate.oos_threshold, recipe.evaluate.rejection_label)  # refuse now
         with timer.stage("teacher"):
             taught = teacher.run(splits, recipe.teacher, max_length, cache)
             splits = taught.splits
@@ -163,7 +149,11 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
             exported = export.run(pruned.model_dir, recipe.export, max_length, work / "model-fp32.onnx")
         with timer.stage("optimize"):
             optimized = optimize.run(
-                exported.onnx_path, exported.model.layers, recipe.optimize, work / "model-fused.onnx"
+                exported.onnx_path,
+                exported.model.layers,
+                recipe.optimize,
+                work / "model-fused.onnx",
+                architecture=exported.model.architecture,
             )
         with timer.stage("quantize"):
             quantized = quantize.run(
@@ -185,12 +175,14 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                 splits,
                 max_length,
                 work / "model.onnx",
+                rejection_label=recipe.evaluate.rejection_label,
             )
         with package.staged_bundle(destination) as staging:
             with timer.stage("package"):
                 tokenizer_json = package.bundle_tokenizer_json(exported.tokenizer, max_length)
-                files = package.write_files(staging, scored.onnx_path, tokenizer_json, splits.labels)
-                manifest = _manifest(recipe, started, files, scored.onnx_path, exported.model, splits)
+                files = package.write_files(staging, scored.onnx_path, tokenizer_json, scored.labels)
+                facts = (exported.model, splits, scored.labels, max_length)
+                manifest = _manifest(recipe, started, files, scored.onnx_path, *facts)
                 manifest |= {
                     "teacher": taught.record,
                     "augmentation": transfer.record if transfer is not None else None,
@@ -205,7 +197,7 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                 package.write_manifest(staging, manifest)
             with timer.stage("evaluate"):
                 measured = evaluate.run(
-                    staging, splits, taught.record["metrics"], recipe.evaluate, recipe.threads
+                    staging, splits, taught.record["metrics"], recipe.evaluate, recipe.threads, scored.labels
                 )
                 manifest["metrics"] = measured | {
                     "bundle_bytes": sum(f["size"] for f in files.values()),
@@ -218,6 +210,8 @@ def build(recipe: Recipe, *, force: bool = False) -> Path:
                 evaluate.confirm_shipped_predictions(staging, splits, shipped, recipe.evaluate.batch_size)
             manifest["build_seconds"] = timer.seconds | {"total": _elapsed(started)}
             package.write_manifest(staging, manifest)
+            if signer is not None:
+                signing.sign_folder(staging, signer)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return destination

@@ -10,7 +10,7 @@ Zeroed weights run at dense speed in ONNX Runtime; only removed rows and columns
    the graph (optimize.run passes num_heads=0), and the fusion counts are checked after export as always.
    Q/K/V widths stay multiples of the head size (32 in MiniLM);
 3. FFN neurons: importance = sum over tokens |activation x gradient| per neuron; every layer keeps the same
-   number (a multiple of `multiple_of`), because a BERT config has a single intermediate_size;
+   number (a multiple of `multiple_of`), because a config has a single FFN width;
 4. recovery: a short distillation from the teacher's cached logits (training.train_student);
 5. vocabulary: see edgepack.vocab; trimmed last, so the check compares the final model with and without it.
 
@@ -19,7 +19,8 @@ The loss used for scoring is the student's own distillation loss (its alpha and 
 kernels run zeroed weights at dense speed, and no benchmark here shows it buying anything.
 
 Over 400 lines on purpose: layers, heads and FFN neurons share one importance machinery (masks, gradients,
-batches) that splitting would scatter; vocabulary trimming already lives in edgepack.vocab.
+batches) that splitting would scatter; vocabulary trimming already lives in edgepack.vocab. Where the layers,
+heads and FFN matrices of each encoder family are: edgepack.architectures.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from edgepack import models, vocab
+from edgepack import architectures, models, vocab
 from edgepack.cache import Cache, cache_key
 from edgepack.errors import StageError
 from edgepack.recipe import DistillConfig, PruneConfig, VocabMode
@@ -51,6 +52,7 @@ from edgepack.training import (
     distillation_dataset,
     distillation_loss,
     predict_logits,
+    seeded,
     train_student,
     validation_score,
 )
@@ -66,23 +68,22 @@ class PruneResult:
     record: dict[str, Any] | None  # None when nothing was enabled (the student went on unchanged)
 
 
+def _family(model: Any) -> architectures.Family:
+    return architectures.require(model, "prune: structured pruning", "Turn the [prune] knobs off for it.")
+
+
 def _layers(model: Any) -> Any:
-    blocks = getattr(getattr(model.base_model, "encoder", None), "layer", None)
-    if blocks is None or not hasattr(blocks[0], "attention") or not hasattr(blocks[0], "intermediate"):
-        raise StageError(
-            f"prune: structured pruning needs a BERT-family student (base_model.encoder.layer); "
-            f"{type(model).__name__} has none. Turn the [prune] knobs off for this model."
-        )
-    return blocks
+    return _family(model).encoder_layers(model)
 
 
 def shape(model: Any) -> dict[str, Any]:
     """What the manifest records before and after: depth, heads per layer, FFN widths, vocabulary, parameters."""
-    layers = _layers(model)
+    family = _family(model)
+    layers = family.encoder_layers(model)
     return {
         "layers": len(layers),
-        "heads": [int(b.attention.self.num_attention_heads) for b in layers],
-        "intermediate_size": [int(b.intermediate.dense.out_features) for b in layers],
+        "heads": [int(family.part(b, "heads")) for b in layers],
+        "intermediate_size": [int(family.part(b, "ffn_in").out_features) for b in layers],
         "vocab_size": int(model.get_input_embeddings().num_embeddings),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
@@ -119,32 +120,35 @@ def _frozen(model: Any) -> Iterator[None]:
 
 
 def _mask_hook(mask: torch.Tensor, group: int) -> Callable[..., Any]:
-    """Multiply a module's output (first element if a tuple) by mask [batch, units], each unit `group` wide."""
+    """Multiply a module's input by mask [batch, units], each unit `group` wide (a forward pre-hook)."""
 
-    def hook(module: Any, args: Any, output: Any) -> Any:
-        hidden = output[0] if isinstance(output, tuple) else output
+    def hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        hidden, *rest = args
         b, s, width = hidden.shape
         masked = (hidden.view(b, s, width // group, group) * mask[:, None, :, None]).view(b, s, width)
-        return (masked, *output[1:]) if isinstance(output, tuple) else masked
+        return (masked, *rest)
 
     return hook
 
 
-def _importance(
-    model: Any, batches: list[Batch], settings: DistillConfig, unit: Callable[[Any], tuple[Any, int, int]]
-) -> list[np.ndarray]:
-    """E_x |dL/dm| per unit and layer, for a mask m on the units `unit(layer)` names: (module, count, width)."""
-    layers = _layers(model)
-    totals = [np.zeros(unit(b)[1]) for b in layers]
+Unit = Callable[[architectures.Family, Any], tuple[Any, int, int]]
+
+
+def _importance(model: Any, batches: list[Batch], settings: DistillConfig, unit: Unit) -> list[np.ndarray]:
+    """E_x |dL/dm| per unit and layer, for a mask m on the units `unit(family, layer)` names: (module whose
+    input holds them, count, width)."""
+    family = _family(model)
+    layers = family.encoder_layers(model)
+    totals = [np.zeros(unit(family, b)[1]) for b in layers]
     with _frozen(model):
         for batch in batches:
             size = batch["input_ids"].shape[0]
             masks, handles = [], []
             for block in layers:
-                module, count, width = unit(block)
+                module, count, width = unit(family, block)
                 mask = torch.ones(size, count, requires_grad=True)
                 masks.append(mask)
-                handles.append(module.register_forward_hook(_mask_hook(mask, width)))
+                handles.append(module.register_forward_pre_hook(_mask_hook(mask, width)))
             try:
                 grads = torch.autograd.grad(_loss(model, batch, settings), masks)
             finally:
@@ -156,35 +160,40 @@ def _importance(
     return [t / n for t in totals]
 
 
-def _head_unit(block: Any) -> tuple[Any, int, int]:
-    attention = block.attention.self
-    return attention, int(attention.num_attention_heads), int(attention.attention_head_size)
+def _head_unit(family: architectures.Family, block: Any) -> tuple[Any, int, int]:
+    """The heads' context, as it enters the attention's output projection."""
+    heads, size = int(family.part(block, "heads")), int(family.part(block, "head_size"))
+    return family.part(block, "attention_output"), heads, size
 
 
-def _ffn_unit(block: Any) -> tuple[Any, int, int]:
-    return block.intermediate, int(block.intermediate.dense.out_features), 1
+def _ffn_unit(family: architectures.Family, block: Any) -> tuple[Any, int, int]:
+    """The FFN neurons' activations, as they enter its output projection."""
+    return family.part(block, "ffn_out"), int(family.part(block, "ffn_in").out_features), 1
 
 
 def _remove_layers(model: Any, drop: list[int]) -> None:
-    blocks = _layers(model)
+    family = _family(model)
+    blocks = family.encoder_layers(model)
     keep = [i for i in range(len(blocks)) if i not in set(drop)]
-    model.base_model.encoder.layer = torch.nn.ModuleList(blocks[i] for i in keep)
+    family.set_encoder_layers(model, [blocks[i] for i in keep])
     model.config.num_hidden_layers = len(keep)
     pruned = {int(k): v for k, v in (model.config.pruned_heads or {}).items()}
     model.config.pruned_heads = {keep.index(old): heads for old, heads in pruned.items() if old in keep}
-    for new, block in enumerate(model.base_model.encoder.layer):
-        if hasattr(block.attention.self, "layer_idx"):
-            block.attention.self.layer_idx = new
+    for new, block in enumerate(family.encoder_layers(model)):
+        for module in block.modules():  # BERT's self-attention numbers itself (for key/value caches)
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new  # type: ignore[assignment]
 
 
 def _loss_without(model: Any, batches: list[Batch], settings: DistillConfig, layer: int) -> float:
-    blocks = model.base_model.encoder.layer
-    model.base_model.encoder.layer = torch.nn.ModuleList(b for i, b in enumerate(blocks) if i != layer)
+    family = _family(model)
+    blocks = family.encoder_layers(model)
+    family.set_encoder_layers(model, [b for i, b in enumerate(blocks) if i != layer])
     try:
         with torch.no_grad():
             return float(np.mean([_loss(model, b, settings).item() for b in batches]))
     finally:
-        model.base_model.encoder.layer = blocks
+        family.set_encoder_layers(model, list(blocks))
 
 
 def _drop_layers(
@@ -268,8 +277,9 @@ def _prune_ffn(
 ) -> dict[str, Any]:
     from transformers.pytorch_utils import prune_linear_layer
 
-    blocks = _layers(model)
-    widths = {int(b.intermediate.dense.out_features) for b in blocks}
+    family = _family(model)
+    blocks = family.encoder_layers(model)
+    widths = {int(family.part(b, "ffn_in").out_features) for b in blocks}
     if len(widths) != 1:
         raise StageError(f"prune: the student's FFN widths differ between layers ({sorted(widths)}).")
     width = widths.pop()
@@ -282,9 +292,9 @@ def _prune_ffn(
     for block, scores in zip(blocks, importance, strict=True):
         strongest = np.sort(np.argsort(-scores, kind="stable")[:keep])
         index = cast(torch.LongTensor, torch.from_numpy(strongest).long())
-        block.intermediate.dense = prune_linear_layer(block.intermediate.dense, index, dim=0)
-        block.output.dense = prune_linear_layer(block.output.dense, index, dim=1)
-    model.config.intermediate_size = keep
+        ffn_in = prune_linear_layer(family.part(block, "ffn_in"), index, dim=0)
+        family.set_ffn(block, ffn_in, prune_linear_layer(family.part(block, "ffn_out"), index, dim=1))
+    setattr(model.config, family.layout.ffn_size_key, keep)
     return record | {"kept": keep, "of": width}
 
 
@@ -430,12 +440,12 @@ def _prune(
                 recovery = replace(
                     settings, epochs=config.recovery_epochs, learning_rate=config.recovery_learning_rate
                 )
-                torch.manual_seed(settings.seed)
                 if transfer is not None:
                     train = distillation_dataset(tokenizer, teacher, max_length, transfer)
                 dropped = record.get("layers", {}).get("dropped", [])
                 hidden = _hidden_target(teacher, settings, record["recovery"]["hidden_weight"], dropped)
-                train_student(model, tokenizer, train, recovery, work / "recovery", hidden=hidden)
+                with seeded(settings.seed):
+                    train_student(model, tokenizer, train, recovery, work / "recovery", hidden=hidden)
                 scores["recovered"] = validation_score(model, tokenizer, splits, max_length)
     finally:
         shutil.rmtree(work, ignore_errors=True)

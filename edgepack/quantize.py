@@ -32,6 +32,7 @@ from edgepack.graphs import graph_logits
 from edgepack.targets import QuantizeConfig
 
 log = logging.getLogger(__name__)
+CALIBRATION_SEED = 0  # which training texts calibrate static quantization (recorded in the manifest's seeds)
 
 _QUANTIZED_MATMUL_OPS = (
     "MatMulInteger",
@@ -84,7 +85,7 @@ class _CalibrationReader:
         self._iter = iter(self._feeds)
 
 
-def calibration_texts(texts: list[str], count: int, seed: int = 0) -> list[str]:
+def calibration_texts(texts: list[str], count: int, seed: int = CALIBRATION_SEED) -> list[str]:
     """`count` texts drawn without replacement (seeded), in their original order."""
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(texts), size=min(count, len(texts)), replace=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import tomllib
 import types
 import typing
@@ -28,6 +29,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 # The small budget of `--quick` and of the clinc-quick recipe (an overlay: stage tables only, no name).
 QUICK_OVERLAY = str(RECIPES_DIR / "overlays" / "quick.toml")
 DEFAULT_RECIPE = "clinc"
+GENERIC_RECIPE = "generic"  # what `edgepack build --data PATH` uses without --recipe
 
 
 class VocabMode(enum.StrEnum):
@@ -43,19 +45,39 @@ class DataConfig:
     text_column: str = "text"
     label_column: str = "label"
     oos_label: str | None = "oos"  # the out-of-scope class, if the data has one
-    max_length: int = 64
+    max_length: int | str = 64  # tokens; "auto": from the training texts' token lengths (edgepack.lengths)
     max_train_samples: int | None = None  # cap the training split (quick recipes, tests)
+    # A missing validation split is carved from train, a missing test split from what is left (stratified,
+    # seeded: edgepack_runtime.splits); the manifest's data.carved says what was.
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
 
     def __post_init__(self) -> None:
-        check(bool(self.source), "data", "source", self.source, "a file, folder or Hub dataset name")
-        check(8 <= self.max_length <= 512, "data", "max_length", self.max_length, "an integer in 8..512")
+        check(bool(self.source), "data", "source", self.source, "a file, folder or Hub dataset name (--data)")
+        expected = 'an integer in 8..512, or "auto"'
+        if isinstance(self.max_length, str):
+            check(self.max_length == "auto", "data", "max_length", self.max_length, expected)
+        else:
+            check(8 <= self.max_length <= 512, "data", "max_length", self.max_length, expected)
         if self.max_train_samples is not None:
             check(self.max_train_samples > 0, "data", "max_train_samples", self.max_train_samples, "> 0")
+        for key in ("validation_fraction", "test_fraction"):
+            value = getattr(self, key)
+            check(0 < value < 0.5, "data", key, value, "a share of the training split in (0, 0.5)")
+
+
+FINE_TUNE = ("auto", "always")
+EXPORT_ONLY = "teacher"  # the [distill] student of the export-only path: the teacher itself is bundled
 
 
 @dataclass
 class TeacherConfig:
-    """The teacher model and, when it has no head for these labels yet, how to fine-tune it."""
+    """The teacher model and, when it has no head for these labels yet, how to fine-tune it.
+
+    A checkpoint with a sequence-classification head whose id2label names the data's labels (in any order,
+    after `label_map`) is used as it is, unless fine_tune = "always"; one whose labels differ is refused.
+    """
 
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     epochs: float = 5.0
@@ -64,8 +86,21 @@ class TeacherConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.0
     seed: int = 42
+    # "auto": fine-tune only a model without a head for the data's labels; "always": fine-tune that head too
+    # (a head for other labels is then replaced rather than refused).
+    fine_tune: str = "auto"
+    # The checkpoint's labels (names such as LABEL_0, or ids) -> the data's: a table, or a JSON file's path.
+    label_map: dict[str, str] | str | None = None
 
     def __post_init__(self) -> None:
+        check(self.fine_tune in FINE_TUNE, "teacher", "fine_tune", self.fine_tune, '"auto" or "always"')
+        if isinstance(self.label_map, dict):
+            names = list(self.label_map.values())
+            ok = bool(names) and all(names) and len(set(names)) == len(names)
+            check(ok, "teacher", "label_map", self.label_map, "a table of distinct, non-empty label names")
+        elif self.label_map is not None:
+            expected = "a JSON file's path, or a table"
+            check(bool(self.label_map), "teacher", "label_map", self.label_map, expected)
         check(0 < self.epochs <= 100, "teacher", "epochs", self.epochs, "a number in (0, 100]")
         check(
             0 < self.learning_rate < 1, "teacher", "learning_rate", self.learning_rate, "a number in (0, 1)"
@@ -78,7 +113,9 @@ class TeacherConfig:
 class DistillConfig:
     """The student and its distillation: loss = alpha*CE + (1-alpha)*T^2*KL(teacher/T || student/T)."""
 
-    student: str = "teacher-layers"  # "teacher-layers" (a subset of the teacher's layers) or a model id/path
+    # "teacher-layers" (a subset of the teacher's layers), a model id/path, or "teacher": export-only, no
+    # student (the teacher itself is exported, fused, quantized and bundled; [search] is not run)
+    student: str = "teacher-layers"
     layers: list[int] = field(
         default_factory=lambda: [0, 2, 4]
     )  # teacher layers kept when student="teacher-layers"
@@ -168,7 +205,7 @@ class AugmentConfig:
 class SearchConfig:
     """Optuna search over the distillation's alpha, temperature, epochs and learning rate."""
 
-    trials: int = 8  # 0 turns the search off and uses [distill] as given
+    trials: int = 8  # 0 turns the search off and uses [distill] as given; a shared study's total
     timeout_minutes: float = 15.0
     train_fraction: float = 0.5  # trials train on this share of the training split (the final run uses all)
     alpha: list[float] = field(default_factory=lambda: [0.1, 0.9])
@@ -177,7 +214,8 @@ class SearchConfig:
     learning_rate: list[float] = field(default_factory=lambda: [3e-5, 3e-4])
     pruner: str = "median"  # "median" or "none"
     storage: str | None = None  # e.g. sqlite:///study.db or postgresql://...: share one study across machines
-    study_name: str | None = None
+    study_name: str | None = None  # with storage: None names it after the data, teacher and search space
+    heartbeat_seconds: int = 30  # with storage: a trial silent for 3 beats (its worker died) is marked FAIL
     final: str = (
         "retrain"  # "retrain" the best trial's settings on the full training split, or "keep" its model
     )
@@ -199,6 +237,17 @@ class SearchConfig:
         check_range("search", "learning_rate", self.learning_rate, 1e-7, 1.0)
         check(self.pruner in ("median", "none"), "search", "pruner", self.pruner, '"median" or "none"')
         check(self.final in ("retrain", "keep"), "search", "final", self.final, '"retrain" or "keep"')
+        check(
+            1 <= self.heartbeat_seconds <= 3600,
+            "search",
+            "heartbeat_seconds",
+            self.heartbeat_seconds,
+            "an integer in 1..3600",
+        )
+        if self.storage is not None:
+            from edgepack.study import check_storage_url
+
+            check_storage_url(self.storage)
 
 
 @dataclass
@@ -319,11 +368,14 @@ class EvaluateConfig:
     centroid_cosine. oos_threshold: "reject:Q" (reject a share Q of the in-scope validation texts; needs no
     out-of-scope examples), "auto" (maximise the mean of in-scope accuracy and out-of-scope recall on
     validation), "accuracy" (maximise validation accuracy), a number on the method's score, or "none".
+    rejection_label: for data without an out-of-scope class, the answer to the texts the threshold rejects
+    (labels.json gains it as a last label the model never predicts); unset, such data is answered by argmax.
     """
 
     batch_size: int = 64
     oos_method: str = "auto"
     oos_threshold: str | float | None = "reject:0.02"
+    rejection_label: str | None = None
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "evaluate", "batch_size", self.batch_size, "an integer >= 1")
@@ -343,6 +395,13 @@ class EvaluateConfig:
         number = isinstance(t, int | float)
         why = 'a method other than "auto" when oos_threshold is a number (a number is on one method\'s score)'
         check(not (number and self.oos_method == "auto"), "evaluate", "oos_method", self.oos_method, why)
+        if self.rejection_label is not None:
+            check(bool(self.rejection_label), "evaluate", "rejection_label", "", "a label name, or unset")
+            why = (
+                '"reject:Q" or a number with a rejection_label: data that needs one has no out-of-scope '
+                f"texts to choose an {t!r} threshold on"
+            )
+            check(number or reject_share(t) is not None, "evaluate", "oos_threshold", t, why)
 
 
 def reject_share(rule: object) -> float | None:
@@ -356,9 +415,25 @@ def reject_share(rule: object) -> float | None:
     return share if 0 < share < 1 else None
 
 
+AUTO_NAME = "auto"
+
+
+def bundle_name(source: str) -> str:
+    """A bundle name for data at `source`: its folder's or file's name (a split file's folder's), or a Hub
+    dataset's name and config, plus "-int8"."""
+    path = Path(source.rstrip("/\\"))
+    if path.exists():
+        path = path.resolve()
+        split_file = path.is_file() and path.stem.lower() in ("train", "validation", "val", "dev", "test")
+        stem = path.parent.name if split_file else (path.name if path.is_dir() else path.stem)
+    else:
+        stem = source.rsplit("/", 1)[-1].replace(":", "-")
+    return (re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "data") + "-int8"
+
+
 @dataclass
 class PackageConfig:
-    name: str = "clinc-int8"
+    name: str = "clinc-int8"  # "auto": named after the data (bundle_name)
     output_dir: str = "bundles"
 
     def __post_init__(self) -> None:
@@ -399,9 +474,16 @@ class Recipe:
             check(self.threads >= 1, "recipe", "threads", self.threads, "an integer >= 1")
         if self.distill.student == "teacher-layers":  # the student's depth is known before any training
             self.prune.check_layers(len(self.distill.layers), f"[distill] layers = {self.distill.layers}")
+        if self.package.name == AUTO_NAME:
+            self.package.name = bundle_name(self.data.source)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        plain = _plain(dataclasses.asdict(self))
+        if self.search.storage is not None:  # a manifest never carries the study database's password
+            from edgepack.study import redact_url
+
+            plain["search"]["storage"] = redact_url(self.search.storage)
+        return plain
 
 
 def _plain(value: Any) -> Any:
@@ -428,6 +510,11 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(annotation)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(annotation)
+        return isinstance(value, dict) and all(
+            _type_ok(k, key) and _type_ok(v, item) for k, v in value.items()
+        )
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return isinstance(value, str)
     if isinstance(annotation, type):
@@ -442,9 +529,9 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
     for key, value in values.items():
         if key not in known:
             raise RecipeError(f"[{section}] has no key {key!r}; known keys: {', '.join(sorted(known))}.")
-        if value == "none":
-            value = None
         annotation = hints[key]
+        if value == "none" and _type_ok(None, annotation):  # unsets an optional key; pruner = "none" stays
+            value = None
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
                 raise RecipeError(f"[{key}] must be a table, got {value!r}.")
@@ -509,6 +596,14 @@ def _read_values(name_or_path: str, chain: tuple[Path, ...] = ()) -> dict[str, A
     return _merge(merged, values)
 
 
+def shipped_recipes() -> list[tuple[str, str]]:
+    """(name, description) of every recipe in RECIPES_DIR (overlays are not recipes)."""
+    return [
+        (path.stem, str(_read_values(str(path)).get("description", "")))
+        for path in sorted(RECIPES_DIR.glob("*.toml"), key=lambda path: path.stem)
+    ]
+
+
 def _overlay_tables(name_or_path: str) -> dict[str, Any]:
     """An overlay's stage tables only (its name, description and any non-table key are not applied)."""
     return {k: v for k, v in _read_values(name_or_path).items() if isinstance(v, dict)}
@@ -533,6 +628,14 @@ def load_recipe(
             if not isinstance(node, dict):
                 raise RecipeError(f"Override {dotted!r}: {table!r} is not a table.")
         node[key] = value
+    return _build(Recipe, values, "recipe")
+
+
+def recipe_from_dict(values: dict[str, Any]) -> Recipe:
+    """A recipe from its resolved form (`Recipe.to_dict()`, as a bundle's manifest records it), checked as a
+    TOML recipe is: an unknown key or a bad value raises RecipeError naming it."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"A resolved recipe must be a table, got {type(values).__name__}.")
     return _build(Recipe, values, "recipe")
 
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgepack_runtime.data import DataError
 
 from edgepack import metrics, models
-from edgepack.cache import Cache, cache_key, hash_folder
+from edgepack.cache import Cache, cache_key, hash_file, hash_folder
 from edgepack.data import LabelledSplits
+from edgepack.errors import RecipeError
 from edgepack.recipe import TeacherConfig
 from edgepack.training import (
     PadCollator,
     TeacherResult,
     predict_logits,
+    seeded,
     tokenized_dataset,
     training_arguments,
 )
@@ -35,13 +38,93 @@ def _data_fingerprint(splits: LabelledSplits) -> str:
     return cache_key(splits.labels, splits.texts, {s: v.tolist() for s, v in splits.label_ids.items()})
 
 
+def _key_settings(config: TeacherConfig) -> dict[str, Any]:
+    """The fine-tuning settings in the cache key; keys added later are left out at their defaults, so
+    teachers cached before they existed keep their keys."""
+    settings = asdict(config)
+    for key, default in (("fine_tune", "auto"), ("label_map", None)):
+        if settings[key] == default:
+            del settings[key]
+    return settings
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What the teacher stage does with the checkpoint's classification head."""
+
+    labels: list[str] | None  # the head's labels (mapped), in its id order; None: a head in the data's order
+    fine_tune: bool
+    replaced: bool  # a head for other labels is replaced (fine_tune = "always")
+    record: dict[str, Any]
+
+
+def _head(base_dir: Path, splits: LabelledSplits, config: TeacherConfig) -> _Head:
+    """Keep a head whose labels are the data's (in any order, after label_map); refuse one for other labels
+    unless fine_tune = "always" replaces it; a model without a head is fine-tuned with a new one."""
+    own = models.classifier_labels(base_dir)
+    if own is None:
+        if config.label_map is not None:
+            raise RecipeError(
+                f"[teacher] label_map is set, but {config.model} has no sequence-classification head to map "
+                "(its config.json names no *ForSequenceClassification architecture). Remove label_map: the "
+                "model gets a new head for the data's labels and is fine-tuned."
+            )
+        return _Head(None, True, False, {"head": "new"})
+    mapping = models.read_label_map(config.label_map) if config.label_map is not None else {}
+    named = models.apply_label_map(own, mapping, config.model) if mapping else own
+    source = "config.json id2label" + (" with [teacher] label_map" if mapping else "")
+    record: dict[str, Any] = {"labels_from": source, "label_map": mapping or None}
+    if set(named) == set(splits.labels):
+        if config.fine_tune == "always":
+            log.info("teacher: %s has a head for these labels; fine_tune = always trains it", config.model)
+        return _Head(named, config.fine_tune == "always", False, record | {"head": "checkpoint's"})
+    if config.fine_tune == "always":
+        log.warning(
+            "teacher: %s has a head for other labels (%s); it is replaced and fine-tuned (fine_tune = always)",
+            config.model,
+            _shown(named),
+        )
+        return _Head(None, True, True, record | {"head": "replaced"})
+    raise DataError(_mismatch(config, own, named, splits.labels))
+
+
+def _shown(labels: list[str], limit: int = 20) -> str:
+    more = f" ... ({len(labels)} in all)" if len(labels) > limit else ""
+    return f"{labels[:limit]}{more}"
+
+
+def _mismatch(config: TeacherConfig, own: list[str], named: list[str], data: list[str]) -> str:
+    """One line: both sides, what differs, and what to do."""
+    missing = sorted(set(data) - set(named))
+    extra = sorted(set(named) - set(data))
+    what = (
+        f"The teacher's labels do not cover the data's labels: {_shown(missing, 10)} are unknown to it"
+        if missing
+        else f"The teacher has labels the data lacks: {_shown(extra, 10)}"
+    )
+    fix = (
+        f"map them with [teacher] label_map (e.g. {{LABEL_0 = {data[0]!r}}}, or a JSON file's path), "
+        if models.is_generic(own)
+        else "use a teacher fine-tuned on these labels, fix the map in [teacher] label_map, "
+    )
+    return (
+        f"{what}. Teacher {config.model} (config.json id2label{', after label_map' if named != own else ''}): "
+        f"{_shown(named)}; data (train split): {_shown(data)}. To use its head {fix}or set [teacher] "
+        'fine_tune = "always" to train a new head on the data.'
+    )
+
+
 def _fine_tune(
-    base_dir: Path, splits: LabelledSplits, config: TeacherConfig, max_length: int, out: Path
+    base_dir: Path,
+    splits: LabelledSplits,
+    config: TeacherConfig,
+    max_length: int,
+    out: Path,
+    resize_head: bool = False,
 ) -> None:
     from transformers import Trainer
 
     tokenizer = models.load_tokenizer(base_dir)
-    model = models.load_classifier(base_dir, splits.labels)
     train = tokenized_dataset(tokenizer, splits.texts["train"], max_length, splits.label_ids["train"])
     args = training_arguments(
         out / "trainer",
@@ -52,9 +135,11 @@ def _fine_tune(
         weight_decay=config.weight_decay,
         warmup_ratio=config.warmup_ratio,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=PadCollator(tokenizer))
-    log.info("teacher: fine-tuning %s for %s epochs on %d examples", base_dir, config.epochs, len(train))
-    trainer.train()
+    with seeded(config.seed):  # the new classification head's initialisation, dropout, shuffling
+        model = models.load_classifier(base_dir, splits.labels, resize_head=resize_head)
+        trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=PadCollator(tokenizer))
+        log.info("teacher: fine-tuning %s for %s epochs on %d examples", base_dir, config.epochs, len(train))
+        trainer.train()
     shutil.rmtree(out / "trainer", ignore_errors=True)
     model.save_pretrained(out / "model", safe_serialization=True)
     tokenizer.save_pretrained(out / "model")
@@ -62,25 +147,27 @@ def _fine_tune(
 
 def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: Cache) -> TeacherResult:
     base_dir = models.resolve_model(config.model)
-    own_labels = models.finetuned_labels(base_dir)
-    if own_labels is not None:
-        splits = splits.relabelled(own_labels)  # a fine-tuned teacher keeps its own id2label
-    settings = None if own_labels is not None else asdict(config)
-    key = cache_key(hash_folder(base_dir), _data_fingerprint(splits), max_length, settings)
+    head = _head(base_dir, splits, config)  # refuses a head for other labels before any training
+    if head.labels is not None:
+        splits = splits.relabelled(head.labels)  # a fine-tuned teacher keeps its own id2label order
+    settings = _key_settings(config) if head.fine_tune else None
+    base_sha256 = hash_folder(base_dir)
+    key = cache_key(base_sha256, _data_fingerprint(splits), max_length, settings)
     folder = cache.folder("teacher", key)
     if cache.is_complete(folder):
         log.info("teacher: reusing cached %s", folder)
         logits = {s: np.load(folder / f"logits-{s}.npy") for s in splits.texts}
-        record = _with_metrics(cache.record(folder) | {"cached": True}, logits, splits)
-        return TeacherResult(folder / "model" if own_labels is None else base_dir, splits, logits, record)
+        model_dir = folder / "model" if head.fine_tune else base_dir
+        record = cache.record(folder) | {"cached": True} | head.record | _digests(base_sha256, model_dir)
+        return TeacherResult(model_dir, splits, logits, _with_metrics(record, logits, splits))
 
     cache.start(folder)
     started = time.perf_counter()
-    if own_labels is None:
-        _fine_tune(base_dir, splits, config, max_length, folder)
+    if head.fine_tune:
+        _fine_tune(base_dir, splits, config, max_length, folder, resize_head=head.replaced)
         model_dir = folder / "model"
     else:
-        log.info("teacher: %s is already fine-tuned on these labels; no training", config.model)
+        log.info("teacher: %s already has a head for these labels; no training", config.model)
         model_dir = base_dir
     trained_s = time.perf_counter() - started
     model = models.load_classifier(model_dir)
@@ -93,7 +180,7 @@ def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: C
         np.save(folder / f"logits-{split}.npy", values)
     record = {
         "model": config.model,
-        "fine_tuned_here": own_labels is None,
+        "fine_tuned_here": head.fine_tune,
         "settings": settings,
         "parameters": sum(p.numel() for p in model.parameters()),
         "layers": model.config.num_hidden_layers,
@@ -101,7 +188,21 @@ def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: C
         "cache_key": key,
     }
     cache.finish(folder, record)
-    return TeacherResult(model_dir, splits, logits, _with_metrics(record | {"cached": False}, logits, splits))
+    record |= {"cached": False} | head.record | _digests(base_sha256, model_dir)
+    return TeacherResult(model_dir, splits, logits, _with_metrics(record, logits, splits))
+
+
+def weights_sha256(model_dir: Path) -> dict[str, str]:
+    """sha256 of each safetensors file of a model folder (the weights the teacher stage loads), by file name."""
+    return {p.name: hash_file(p) for p in sorted(model_dir.glob("*.safetensors"))}
+
+
+def _digests(base_sha256: str, model_dir: Path) -> dict[str, Any]:
+    """What identifies the teacher for a rebuild: its weights, and the folder it was made from."""
+    return {
+        "weights_sha256": weights_sha256(model_dir),
+        "base_model_sha256": base_sha256,  # edgepack.cache.hash_folder: file names and bytes of the folder
+    }
 
 
 def _with_metrics(

@@ -13,7 +13,9 @@ real tokens is added, embeddings included.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,27 @@ class DistillResult:
     model_dir: Path  # the distilled student (safetensors + tokenizer)
     settings: DistillConfig  # what trained it (the search's best alpha, temperature, epochs, learning rate)
     record: dict[str, Any]
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed Python, NumPy and torch with `seed`, and ask torch for deterministic algorithms while inside
+    (warn only: an op without a deterministic CPU kernel warns instead of stopping the build).
+
+    The one place a training stage seeds: model initialisation (a new classification head), dropout and the
+    Trainer's shuffling (`data_seed`) all follow from it. Threads are not forced to one: at a fixed thread count
+    torch's CPU kernels give the same bits run to run, and the count is recorded in the manifest.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def tokenized_dataset(
@@ -140,6 +163,7 @@ def training_arguments(
         logging_steps=100,
         report_to=[],
         seed=seed,
+        data_seed=seed,  # the shuffling's own generator, seeded explicitly
         use_cpu=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,  # keep teacher_logits for the distillation loss

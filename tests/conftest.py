@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,33 +83,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT base model (no classification head) with its own WordPiece tokenizer, as safetensors."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    corpus = [t for texts in INTENTS.values() for t in texts] + [
-        "the quick brown fox jumps over the lazy dog"
-    ]
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    fast = BertTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    fast.save_pretrained(folder)
+    tok = _wordpiece()
+    BertTokenizerFast(tokenizer_object=tok, **_WORDPIECE_SPECIAL).save_pretrained(folder)
     config = BertConfig(
         vocab_size=tok.get_vocab_size(),
         hidden_size=32,
@@ -118,6 +98,131 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     BertModel(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+CORPUS = [t for texts in INTENTS.values() for t in texts] + ["the quick brown fox jumps over the lazy dog"]
+_WORDPIECE_SPECIAL = {
+    "unk_token": "[UNK]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+# RoBERTa's and XLM-R's special tokens, at their ids (<s> 0, <pad> 1, </s> 2, <unk> 3) and <mask>.
+_ROBERTA_SPECIAL = {
+    "bos_token": "<s>",
+    "pad_token": "<pad>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+    "cls_token": "<s>",
+    "sep_token": "</s>",
+}
+
+
+def _wordpiece() -> Any:
+    """BERT's and DistilBERT's tokenizer kind: lowercasing WordPiece with [CLS] ... [SEP]."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return tok
+
+
+def _byte_level_bpe() -> Any:
+    """RoBERTa's tokenizer kind: byte-level BPE with <s> ... </s>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0))
+    return tok
+
+
+def _unigram() -> Any:
+    """XLM-R's tokenizer kind: a SentencePiece-style unigram model (Metaspace) with <s> ... </s>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=200, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>"
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    return tok
+
+
+def _save_family(folder: Path, family: str) -> None:
+    """A 3-layer, 4-head (head size 8) base model of `family` with a tokenizer of its kind, as safetensors."""
+    import torch
+    import transformers as tf
+
+    sizes = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 64}
+    if family == "distilbert":
+        tok = _wordpiece()
+        tokenizer = tf.DistilBertTokenizerFast(tokenizer_object=tok, **_WORDPIECE_SPECIAL)
+        config: Any = tf.DistilBertConfig(
+            vocab_size=tok.get_vocab_size(),
+            dim=32,
+            n_layers=3,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=64,
+        )
+        model_class: Any = tf.DistilBertModel
+    else:  # RoBERTa's graph, in two tokenizer kinds; position ids start after the padding id (1)
+        roberta = family == "roberta"
+        tok = _byte_level_bpe() if roberta else _unigram()
+        fast = tf.RobertaTokenizerFast if roberta else tf.XLMRobertaTokenizerFast
+        tokenizer = fast(tokenizer_object=tok, **_ROBERTA_SPECIAL)
+        config_class = tf.RobertaConfig if roberta else tf.XLMRobertaConfig
+        config = config_class(
+            vocab_size=tok.get_vocab_size(),
+            max_position_embeddings=66,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            type_vocab_size=1,
+            **sizes,
+        )
+        model_class = tf.RobertaModel if roberta else tf.XLMRobertaModel
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    model_class(config).save_pretrained(folder, safe_serialization=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_family_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Base models of the other encoder families ("distilbert", "roberta", "xlm-roberta"), made on first use."""
+    made: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            made[family] = tmp_path_factory.mktemp(f"tiny-{family}")
+            _save_family(made[family], family)
+        return made[family]
+
+    return get
 
 
 @pytest.fixture()

@@ -9,9 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from edgepack_runtime.data import DataError
 from onnx import TensorProto, helper
 
 from edgepack import oos
+from edgepack.data import LabelledSplits
 
 CLASSES, HIDDEN = 6, 8
 
@@ -70,6 +72,29 @@ def test_without_a_method_only_the_features_go(tmp_path: Path) -> None:
     oos.rewrite_graph(tmp_path / "in.onnx", None, None, tmp_path / "out.onnx")
     graph = onnx.load(str(tmp_path / "out.onnx")).graph
     assert [o.name for o in graph.output] == ["logits"] and [n.output[0] for n in graph.node] == ["logits"]
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+@pytest.mark.parametrize("method", ["max_probability", "energy", "mahalanobis"])
+def test_a_rejection_label_gets_a_logit_never_chosen_and_changes_no_score(
+    tmp_path: Path, sample: tuple[np.ndarray, np.ndarray, oos.ClassStats], method: str, opset: int
+) -> None:
+    logits, features, stats = sample
+    _passthrough_graph(tmp_path / "in.onnx", opset)
+    oos.rewrite_graph(tmp_path / "in.onnx", method, stats, tmp_path / "out.onnx", add_rejection=True)
+    model = onnx.load(str(tmp_path / "out.onnx"))
+    declared = next(o for o in model.graph.output if o.name == "logits").type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in declared] == ["batch", CLASSES + 1]
+    session = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    got_logits, got_scores = session.run(
+        ["logits", "oos_score"], {"in_logits": logits, "in_features": features}
+    )
+    assert got_logits.shape == (len(logits), CLASSES + 1)
+    np.testing.assert_array_equal(got_logits[:, :CLASSES], logits)
+    assert (got_logits[:, CLASSES] <= logits.min(axis=1) - oos.REJECTION_MARGIN + 1).all()
+    np.testing.assert_array_equal(got_logits.argmax(axis=1), logits.argmax(axis=1))
+    expected = oos.method_scores(method, logits, features, stats)
+    np.testing.assert_allclose(got_scores, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_mahalanobis_is_the_textbook_distance(sample: tuple[np.ndarray, np.ndarray, oos.ClassStats]) -> None:
@@ -135,3 +160,38 @@ def test_balanced_and_accuracy_rules_maximise_their_objective() -> None:
     accurate = oos.choose_threshold("accuracy", scores, pred, gold, oos_id, "energy")
     assert balanced > accurate, "with 9% out-of-scope texts, accuracy alone rejects less"
     assert oos.choose_threshold(1.25, scores, pred, gold, oos_id, "energy") == 1.25
+
+
+def _splits(labels: list[str], oos_label: str | None, validation: list[int]) -> LabelledSplits:
+    ids = {"train": np.array([0, 1, 1, 0]), "validation": np.array(validation), "test": np.array([0, 1])}
+    texts = {s: [f"{s} {i}" for i in range(len(v))] for s, v in ids.items()}
+    return LabelledSplits(labels, texts, ids, oos_label, "data")
+
+
+def test_the_plan_for_data_without_an_oos_class() -> None:
+    plain = _splits(["a", "b"], None, [0, 1])
+    planned = oos.plan(plain, "reject:0.02", None)
+    assert planned["label"] is None and "answers by argmax" in planned["why"]
+    planned = oos.plan(plain, "reject:0.02", "unsure")
+    assert planned == {"label": "unsure", "added": True, "why": planned["why"]}
+    assert oos.plan(plain, None, "unsure")["label"] is None, "no rule, nothing rejected"
+    with pytest.raises(
+        DataError, match="rejection_label = 'b' is a class of the data.*set \\[data\\] oos_label"
+    ):
+        oos.plan(plain, "reject:0.02", "b")
+
+
+def test_the_plan_refuses_what_cannot_work_before_training() -> None:
+    with_oos = _splits(["a", "oos"], "oos", [0, 0])
+    assert oos.plan(with_oos, "reject:0.02", None) == {
+        "label": "oos",
+        "added": False,
+        "why": "the data's out-of-scope class",
+    }
+    with pytest.raises(
+        DataError, match="rejection_label = 'unsure', but the data has an out-of-scope class 'oos'"
+    ):
+        oos.plan(with_oos, "reject:0.02", "unsure")
+    with pytest.raises(DataError, match="oos_threshold = 'auto' is chosen on out-of-scope validation texts"):
+        oos.plan(with_oos, "auto", None)
+    assert oos.plan(_splits(["a", "oos"], "oos", [0, 1]), "auto", None)["label"] == "oos"

@@ -115,12 +115,13 @@ def test_the_out_of_scope_rule_ships_inside_the_graph(built: Path) -> None:
     assert [o["name"] for o in m["model"]["outputs"]] == ["logits", "oos_score"]
     clf = Classifier.load(built, threads=1)
     assert clf.oos is not None and clf.oos.threshold == rule["threshold"]
-    for text in ("what is my account balance", "tell me a joke about penguins", ""):
+    for text in ("what is my account balance", "tell me a joke about penguins"):
         pred = clf.predict(text)
         assert pred.oos_score is not None
         assert pred.rejected is bool(clf.oos.rejects(pred.oos_score)) and pred.rejected == (
             pred.label == "oos"
         )
+    assert (clf.predict("").label, clf.predict("").rejected) == ("oos", True), "nothing to classify: oos"
 
 
 def test_second_build_reuses_the_cached_teacher(

@@ -137,3 +137,47 @@ def test_out_of_scope_rules_are_checked() -> None:
             load_recipe("clinc", {"evaluate.oos_threshold": bad})
     with pytest.raises(RecipeError, match="oos_method = 'knn' is invalid"):
         load_recipe("clinc", {"evaluate.oos_method": "knn"})
+
+
+def test_the_generic_recipe_fits_any_data(tmp_path: Path) -> None:
+    folder = tmp_path / "my intents"
+    folder.mkdir()
+    recipe = load_recipe("generic", {"data.source": str(folder)})
+    assert recipe.package.name == "my-intents-int8", "named after the data"
+    assert recipe.data.max_length == "auto" and recipe.data.oos_label is None
+    assert recipe.evaluate.rejection_label is None and recipe.data.validation_fraction == 0.1
+    with pytest.raises(RecipeError, match=r"\[data\] source = '' is invalid: .*\(--data\)"):
+        load_recipe("generic")
+    assert load_recipe("generic", {"data.source": "x", "package.name": "mine"}).package.name == "mine"
+
+
+def test_bundle_names_come_from_the_data(tmp_path: Path) -> None:
+    from edgepack.recipe import bundle_name
+
+    (tmp_path / "snips").mkdir()
+    (tmp_path / "snips" / "train.csv").write_text("text,label\n")
+    (tmp_path / "reviews.v2.jsonl").write_text("")
+    assert bundle_name(str(tmp_path / "snips")) == "snips-int8"
+    assert bundle_name(str(tmp_path / "snips" / "train.csv")) == "snips-int8", "a split file: its folder"
+    assert bundle_name(str(tmp_path / "reviews.v2.jsonl")) == "reviews.v2-int8"
+    assert bundle_name("DeepPavlov/clinc_oos:plus") == "clinc_oos-plus-int8"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"data.max_length": "long"},
+            r'max_length = \'long\' is invalid: expected an integer in 8..512, or "auto"',
+        ),
+        ({"data.validation_fraction": 0.6}, r"validation_fraction = 0.6 is invalid: expected a share"),
+        ({"data.test_fraction": 0.0}, r"test_fraction = 0.0 is invalid"),
+        (
+            {"evaluate.rejection_label": "unsure", "evaluate.oos_threshold": "auto"},
+            r"oos_threshold = 'auto' is invalid: expected \"reject:Q\" or a number with a rejection_label",
+        ),
+    ],
+)
+def test_bad_data_and_rejection_values(overrides: dict, message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("clinc", overrides)

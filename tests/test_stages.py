@@ -73,14 +73,21 @@ def test_search_can_share_a_study_through_storage(tmp_path: Path, tiny_data: Pat
         splits, TeacherConfig(model=str(tiny_model), epochs=1, batch_size=8), 32, Cache(tmp_path / "cache")
     )
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    search = SearchConfig(trials=1, epochs=[1, 1], storage=storage, study_name="shared", train_fraction=0.5)
-    for _ in range(2):  # a second machine (here: a second run) adds its trials to the same study
+    # `trials` is the study's total: a second run (a second machine) with the same total finds nothing to do,
+    # and one with a larger total adds only the difference.
+    for trials, expected in ((1, 1), (1, 1), (2, 2)):
+        search = SearchConfig(trials=trials, epochs=[1, 1], storage=storage, train_fraction=0.5)
         result = distill.run(
             taught, DistillConfig(layers=[1], batch_size=8), search, 32, Cache(tmp_path / "c")
         )
         assert (result.model_dir / "model.safetensors").is_file() and result.record["cached"] is False
-    study = optuna.load_study(study_name="shared", storage=storage)
-    assert len(study.trials) == 2
-    assert len(result.record["search"]["trials"]) == 2
+        assert len(result.record["search"]["trials"]) == expected
+    name = result.record["search"]["study_name"]  # unnamed: named after the data, teacher and search space
+    assert name.startswith("edgepack-")
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert study.trials[0].params != study.trials[1].params  # the second run did not replay the first's seed
+    searched = result.record["search"]
+    assert searched["best_trial"] == study.best_trial.number and searched["workers"]
     record = json.dumps(result.record)
     assert np.isfinite(result.record["validation_score"]) and "learning_rate" in record

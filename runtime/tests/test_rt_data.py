@@ -1,8 +1,10 @@
-"""load_labeled: CLINC JSON (file or folder), CSV and JSONL, and a DataError that says what to fix."""
+"""load_labeled: CLINC JSON (file or folder), CSV, JSONL, Parquet; a DataError that says what to fix."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,8 +103,13 @@ def test_jsonl(tmp_path: Path) -> None:
         '{"text": "hi", "label": "greet"}\n\n{"text": "bye", "label": "farewell", "x": 1}\n', encoding="utf-8"
     )
     assert load_labeled(path) == [("hi", "greet"), ("bye", "farewell")]
-    path.write_text('{"text": "hi", "label": 3}\n', encoding="utf-8")
-    with pytest.raises(DataError, match="line 1: text and label must be strings, got str and int"):
+    path.write_text('{"text": "hi", "label": 3}\n{"text": "yo", "label": 4.0}\n', encoding="utf-8")
+    assert load_labeled(path) == [("hi", "3"), ("yo", "4")], "integer labels become their numbers"
+    path.write_text('{"text": "hi", "label": 3.5}\n', encoding="utf-8")
+    with pytest.raises(
+        DataError,
+        match=r"line 1: text and label must be strings, got str and float \(a label may also be",
+    ):
         load_labeled(path)
     path.write_text('{"text": "hi", "label": "a"}\n{"sentence": "x"}\n', encoding="utf-8")
     with pytest.raises(DataError, match="columns found: sentence"):
@@ -132,10 +139,60 @@ def test_missing_empty_and_unsupported(tmp_path: Path) -> None:
         load_labeled(tmp_path / "empty.jsonl")
     (tmp_path / "d.txt").write_text("x", encoding="utf-8")
     with pytest.raises(
-        DataError, match=r"unsupported file type '.txt'; use .json \(CLINC oos-eval\), .csv or .jsonl"
+        DataError,
+        match=r"unsupported file type '.txt'; use .json \(CLINC oos-eval\), .csv, .jsonl or .parquet",
     ):
         load_labeled(tmp_path / "d.txt")
     assert issubclass(DataError, ValueError)
+
+
+def test_empty_texts_and_labels_are_refused_with_their_row(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nhi,greet\n \t ,greet\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"d.csv: line 3: empty text; fill in its text or remove the row"):
+        load_labeled(path)
+    path.write_text("text,label\nhi,\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 2: empty label; fill in its label or remove the row"):
+        load_labeled(path)
+    (tmp_path / "c.json").write_text(json.dumps({"test": [["", "weather"]]}), encoding="utf-8")
+    with pytest.raises(DataError, match=r"split 'test' entry 0: empty text"):
+        load_labeled(tmp_path / "c.json")
+
+
+def test_parquet_with_class_label_names(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow", reason="Parquet needs pyarrow (not a runtime dependency)")
+    import pyarrow.parquet as pq
+
+    features = {"info": {"features": {"intent": {"_type": "ClassLabel", "names": ["greet", "leave"]}}}}
+    table = pa.table({"sentence": ["hi", "bye", "hello"], "intent": [0, 1, 0]})
+    path = tmp_path / "d.parquet"
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(features)}), path)
+    rows = load_labeled(path, text_column="sentence", label_column="intent")
+    assert rows == [("hi", "greet"), ("bye", "leave"), ("hello", "greet")]
+    pq.write_table(table, path)  # no features: the numbers
+    assert load_labeled(path, text_column="sentence", label_column="intent")[1] == ("bye", "1")
+    with pytest.raises(DataError, match="has no column 'text', 'label'; columns found: sentence, intent"):
+        load_labeled(path)
+    pq.write_table(pa.table({"text": ["hi", None], "label": ["a", "b"]}), path)
+    with pytest.raises(DataError, match="row 2: text and label must be strings"):
+        load_labeled(path)
+    path.write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="is not a readable Parquet file"):
+        load_labeled(path)
+
+
+def test_parquet_without_pyarrow_names_the_fix(tmp_path: Path) -> None:
+    """Without pyarrow (the runtime does not need it), a Parquet file is refused with the fix."""
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"PAR1")
+    code = (
+        "import sys; sys.modules['pyarrow'] = None; sys.modules['pyarrow.parquet'] = None\n"
+        "from edgepack_runtime.data import DataError, load_labeled\n"
+        f"try:\n    load_labeled({str(path)!r})\nexcept DataError as err:\n    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "d.parquet: is Parquet, which needs pyarrow" in out and "pip install pyarrow" in out
+    assert "convert the file to CSV or JSON Lines" in out
 
 
 @pytest.mark.clinc

@@ -13,7 +13,7 @@ from edgepack_runtime import BundleError, Classifier
 
 from .bundle_kit import MakeBundle
 
-TEXTS = ["what is my pin", "book a flight", "weather in paris", "transfer money", "hello there", ""]
+TEXTS = ["what is my pin", "book a flight", "weather in paris", "transfer money", "hello there", "pin"]
 SCORE_ENTRY = {"name": "oos_score", "type": "float32", "shape": ["batch"]}
 
 
@@ -124,3 +124,14 @@ def test_malformed_rules_are_refused(make_bundle: MakeBundle, rule: dict[str, An
         _refused(
             make_bundle, match, graph={"score_output": "oos_score"}, oos=base | rule, edit=_with_score_output
         )
+
+
+@pytest.mark.parametrize("direction", ["below", "above"])
+def test_a_text_with_nothing_to_classify_is_out_of_scope(make_bundle: MakeBundle, direction: str) -> None:
+    # A threshold no score reaches: only the blank texts are rejected, by the rule, not by their score.
+    clf = _scored_bundle(make_bundle, direction, -1e9 if direction == "below" else 1e9)
+    blanks = ["", "   ", "\t\n", "\x00\x01", "\u200b"]
+    for prediction in [*map(clf.predict, blanks), *clf.predict_batch([*blanks, "what is my pin"])[:-1]]:
+        assert (prediction.label, prediction.rejected) == ("oos", True)
+        assert prediction.top_k and prediction.oos_score is not None  # the model's own view stays visible
+    assert not clf.predict("what is my pin").rejected

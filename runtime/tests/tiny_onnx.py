@@ -10,13 +10,12 @@ that onnx re-serializes it to the very same bytes. Field numbers are those of on
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 FLOAT, UINT8, INT8, INT32, INT64 = 1, 2, 3, 6, 7  # TensorProto.DataType
-_ATTR_FLOAT, _ATTR_INT, _ATTR_TENSOR, _ATTR_GRAPH = 1, 2, 4, 5  # AttributeProto.AttributeType
+_ATTR_INT, _ATTR_TENSOR, _ATTR_GRAPH = 2, 4, 5  # AttributeProto.AttributeType
 _NUMPY = {FLOAT: np.float32, UINT8: np.uint8, INT8: np.int8, INT32: np.int32, INT64: np.int64}
 
 
@@ -64,12 +63,8 @@ def value_info(name: str, elem_type: int, shape: Iterable[str | int]) -> bytes:
     return _str(1, name) + _len(2, _len(1, _int(1, elem_type) + _len(2, dims)))
 
 
-def attribute(
-    name: str, *, i: int | None = None, t: bytes | None = None, g: bytes | None = None, f: float | None = None
-) -> bytes:
+def attribute(name: str, *, i: int | None = None, t: bytes | None = None, g: bytes | None = None) -> bytes:
     out = _str(1, name)
-    if f is not None:
-        return out + _varint(2 << 3 | 5) + struct.pack("<f", f) + _int(20, _ATTR_FLOAT)
     if i is not None:
         return out + _int(3, i) + _int(20, _ATTR_INT)
     if t is not None:
@@ -79,16 +74,11 @@ def attribute(
 
 
 def node(
-    op: str,
-    inputs: Sequence[str],
-    outputs: Sequence[str],
-    name: str = "",
-    attrs: Sequence[bytes] = (),
-    domain: str = "",
+    op: str, inputs: Sequence[str], outputs: Sequence[str], name: str = "", attrs: Sequence[bytes] = ()
 ) -> bytes:
     out = b"".join(_str(1, x) for x in inputs) + b"".join(_str(2, x) for x in outputs)
     out += _str(3, name or f"{op}_{outputs[0]}") + _str(4, op)
-    return out + b"".join(_len(5, a) for a in attrs) + (_str(7, domain) if domain else b"")
+    return out + b"".join(_len(5, a) for a in attrs)
 
 
 def graph(
@@ -224,121 +214,6 @@ def classifier_graph(
         )
         outputs.append(value_info(score_output, FLOAT, ["batch"]))
     return model(graph("tiny_classifier", nodes, inits, inputs, outputs))
-
-
-def bert_int8_graph(
-    *,
-    vocab_rows: int = 160,
-    positions: int = 32,
-    hidden: int = 8,
-    heads: int = 2,
-    num_labels: int = 5,
-    seed: int = 0,
-) -> bytes:
-    """A one-layer BERT in the shape edgepack's dynamic-INT8 bundles have after ONNX Runtime's fusion and
-    quantize_dynamic: EmbedLayerNormalization (its mask index feeds the attention), DynamicQuantizeLinear ->
-    QAttention, DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale product) for the attention output
-    and both FFN products, SkipLayerNormalization, BiasGelu, the [CLS] row (Gather axis 1) quantized again
-    for the head, and an out-of-scope score output (the top softmax probability). Int8 weights in 7 bits with
-    per-column scales; every activation scale covers the whole batch, so batches change answers."""
-    rng = np.random.default_rng(seed)
-
-    def weights(*shape: int) -> np.ndarray:
-        return rng.normal(0.0, 1.0, size=shape).astype(np.float32)
-
-    inits = [
-        tensor("word_emb", weights(vocab_rows, hidden)),
-        tensor("pos_emb", 0.3 * weights(positions, hidden)),
-        tensor("type_emb", 0.3 * weights(2, hidden)),
-        tensor("gamma", 1.0 + 0.1 * weights(hidden)),
-        tensor("beta", 0.1 * weights(hidden)),
-        tensor("cls_index", np.array(0, dtype=np.int64)),
-    ]
-    nodes = [
-        node("Cast", [name], [f"{name}_i32"], attrs=[attribute("to", i=INT32)])
-        for name in ("input_ids", "token_type_ids", "attention_mask")
-    ]
-    nodes.append(
-        node(
-            "EmbedLayerNormalization",
-            [
-                *("input_ids_i32", "token_type_ids_i32", "word_emb", "pos_emb", "type_emb", "gamma", "beta"),
-                "attention_mask_i32",
-            ],
-            ["emb", "mask_index"],
-            attrs=[attribute("epsilon", f=1e-12)],
-            domain="com.microsoft",
-        )
-    )
-
-    def quantized(name: str, rows: int, cols: int) -> list[str]:
-        w = weights(rows, cols) / np.sqrt(rows)
-        scale = (np.abs(w).max(axis=0) / 64).astype(np.float32)
-        inits.extend(
-            [
-                tensor(f"{name}_q", np.round(w / scale).astype(np.int8)),
-                tensor(f"{name}_scale", scale),
-                tensor(f"{name}_zero", np.zeros(cols, dtype=np.int8)),
-            ]
-        )
-        return [f"{name}_q", f"{name}_scale", f"{name}_zero"]
-
-    def dql(x: str) -> list[str]:
-        nodes.append(node("DynamicQuantizeLinear", [x], [f"{x}_q", f"{x}_s", f"{x}_z"]))
-        return [f"{x}_q", f"{x}_s", f"{x}_z"]
-
-    def matmul(x: str, name: str, rows: int, cols: int, out: str) -> None:
-        xq, xs, xz = dql(x)
-        wq, ws, wz = quantized(name, rows, cols)
-        nodes.extend(
-            [
-                node("Mul", [xs, ws], [f"{name}_scales"]),
-                node("MatMulInteger", [xq, wq, xz, wz], [f"{name}_int"]),
-                node("Cast", [f"{name}_int"], [f"{name}_float"], attrs=[attribute("to", i=FLOAT)]),
-                node("Mul", [f"{name}_float", f"{name}_scales"], [out]),
-            ]
-        )
-
-    xq, xs, xz = dql("emb")
-    wq, ws, wz = quantized("qkv", hidden, 3 * hidden)
-    inits.append(tensor("qkv_bias", 0.1 * weights(3 * hidden)))
-    attention_inputs = [xq, wq, "qkv_bias", xs, ws, "mask_index", xz, wz]
-    attention_attrs = [attribute("num_heads", i=heads), attribute("mask_filter_value", f=-10000.0)]
-    ms = "com.microsoft"
-    nodes.append(node("QAttention", attention_inputs, ["context"], attrs=attention_attrs, domain=ms))
-    matmul("context", "attn_out", hidden, hidden, "attn_proj")
-    for name, shape in (("ln1_gamma", hidden), ("ln1_beta", hidden), ("attn_bias", hidden)):
-        inits.append(tensor(name, (1.0 if name.endswith("gamma") else 0.0) + 0.1 * weights(shape)))
-    epsilon = [attribute("epsilon", f=1e-12)]
-    sln = ["attn_proj", "emb", "ln1_gamma", "ln1_beta", "attn_bias"]
-    nodes.append(node("SkipLayerNormalization", sln, ["h1"], attrs=epsilon, domain="com.microsoft"))
-    matmul("h1", "ffn_in", hidden, 4 * hidden, "ffn_pre")
-    inits.append(tensor("ffn_bias", 0.1 * weights(4 * hidden)))
-    nodes.append(node("BiasGelu", ["ffn_pre", "ffn_bias"], ["ffn_act"], domain="com.microsoft"))
-    matmul("ffn_act", "ffn_out", 4 * hidden, hidden, "ffn_proj")
-    for name, shape in (("ln2_gamma", hidden), ("ln2_beta", hidden), ("out_bias", hidden)):
-        inits.append(tensor(name, (1.0 if name.endswith("gamma") else 0.0) + 0.1 * weights(shape)))
-    sln = ["ffn_proj", "h1", "ln2_gamma", "ln2_beta", "out_bias"]
-    nodes.append(node("SkipLayerNormalization", sln, ["h2"], attrs=epsilon, domain="com.microsoft"))
-    nodes.append(node("Gather", ["h2", "cls_index"], ["cls"], attrs=[attribute("axis", i=1)]))
-    nodes.append(node("Tanh", ["cls"], ["pooled"]))
-    matmul("pooled", "head", hidden, num_labels, "head_out")
-    inits.append(tensor("head_bias", 0.1 * weights(num_labels)))
-    nodes += [
-        node("Add", ["head_out", "head_bias"], ["logits"]),
-        node("Softmax", ["logits"], ["probs"], attrs=[attribute("axis", i=-1)]),
-        node("ReduceMax", ["probs"], ["oos_score"], attrs=[_ints("axes", [1]), attribute("keepdims", i=0)]),
-    ]
-    inputs = [value_info(n, INT64, ["batch", "sequence"]) for n in _SEQ]
-    outputs = [value_info("logits", FLOAT, ["batch", num_labels]), value_info("oos_score", FLOAT, ["batch"])]
-    return model(graph("tiny_bert_int8", nodes, inits, inputs, outputs), extra_domains=["com.microsoft"])
-
-
-_SEQ = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def _ints(name: str, values: Sequence[int]) -> bytes:
-    return _str(1, name) + b"".join(_int(8, v) for v in values) + _int(20, 7)
 
 
 def external_data_graph(where: str, location: str) -> bytes:

@@ -10,13 +10,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from edgepack_runtime.errors import BundleError, TargetMismatchError, TextTypeError
+from edgepack_runtime.errors import BundleError, SignatureError, TargetMismatchError, TextTypeError
 
 if TYPE_CHECKING:
     from edgepack_runtime.classifier import Classifier, Prediction
 
 __version__ = "0.1.0"
-__all__ = ["BundleError", "Classifier", "Prediction", "TargetMismatchError", "TextTypeError", "__version__"]
+__all__ = [
+    "BundleError",
+    "Classifier",
+    "Prediction",
+    "SignatureError",
+    "TargetMismatchError",
+    "TextTypeError",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

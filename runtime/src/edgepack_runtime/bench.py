@@ -12,6 +12,7 @@ import numpy as np
 from edgepack_runtime.classifier import Classifier
 from edgepack_runtime.manifest import BUNDLE_FILES, MANIFEST
 from edgepack_runtime.metrics import scores
+from edgepack_runtime.splits import rename_label
 
 # Queries used when no data file is given: varied lengths and topics, like a user's requests.
 SAMPLE_QUERIES = (
@@ -88,12 +89,18 @@ def disk_size(clf: Classifier) -> dict[str, int]:
     return {"total_bytes": sum(sizes.values()), "model_bytes": sizes["model.onnx"]}
 
 
-def accuracy(clf: Classifier, pairs: Sequence[tuple[str, str]], batch_size: int) -> dict[str, Any]:
+def accuracy(
+    clf: Classifier, pairs: Sequence[tuple[str, str]], batch_size: int, oos_label: str | None = None
+) -> dict[str, Any]:
     """Accuracy of the final labels (out-of-scope threshold applied); in-scope accuracy and out-of-scope
-    recall when the bundle names an out-of-scope label (or has one called 'oos'), None over no texts."""
-    predictions = clf.predict_batch([text for text, _ in pairs], batch_size=batch_size, top_k=1)
+    recall when the bundle names an out-of-scope label (or has a class called `oos_label` or 'oos'), None
+    over no texts. `oos_label`: the data's out-of-scope label, counted as the bundle's when they differ."""
     known = set(clf.labels)
-    oos = clf.oos_label or ("oos" if "oos" in known else None)
+    fallback = oos_label if oos_label in known else ("oos" if "oos" in known else None)
+    oos = clf.oos_label or fallback
+    if oos_label is not None and oos is not None:
+        pairs = rename_label(list(pairs), oos_label, oos)
+    predictions = clf.predict_batch([text for text, _ in pairs], batch_size=batch_size, top_k=1)
     # Predictions carry labels of labels.json (the out-of-scope one included: the bundle check makes sure);
     # a gold label the bundle does not know gets -1, never right: comparing ids is comparing labels.
     index = {label: i for i, label in enumerate(clf.labels)}
@@ -122,6 +129,7 @@ def run(
     warmup: int,
     batch_size: int,
     pairs: Sequence[tuple[str, str]] | None = None,
+    oos_label: str | None = None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
         "bundle": clf.name,
@@ -132,7 +140,7 @@ def run(
         "size": disk_size(clf),
     }
     if pairs:
-        result["accuracy"] = accuracy(clf, pairs, batch_size)
+        result["accuracy"] = accuracy(clf, pairs, batch_size, oos_label)
     return result
 
 

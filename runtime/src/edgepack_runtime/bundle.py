@@ -29,6 +29,15 @@ from edgepack_runtime.manifest import (
     parse_manifest,
 )
 from edgepack_runtime.protoscan import ModelScan, ProtoError, scan_model
+from edgepack_runtime.signing import (
+    SIGNATURE,
+    SIGNATURE_MAX_BYTES,
+    PublicKeySource,
+    Signature,
+    load_public_key,
+    parse_signature,
+    verify_signature,
+)
 
 __all__ = [
     "BUNDLE_FILES",
@@ -36,12 +45,14 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_MAX_BYTES",
     "SCHEMA",
+    "SIGNATURE",
     "BundleError",
     "VerifiedBundle",
     "digest_serialisation",
     "file_record",
     "manifest_digest",
     "read_bundle",
+    "signed_digest",
     "verify_bundle",
 ]
 
@@ -62,10 +73,13 @@ class VerifiedBundle:
     tokenizer: Tokenizer
     labels: list[str]
     scan: ModelScan
+    signature: Signature | None = None  # manifest.sig, well-formed (checked against a key only if given)
+    signed_by: str | None = None  # the key id whose signature was verified (None: no public key given)
 
 
-def _read_member(folder: Path, name: str, size: int | None) -> bytes:
-    """Read one bundle file: a regular file, not a symlink, with one link, of the expected size."""
+def _read_member(folder: Path, name: str, size: int | None, limit: int = MANIFEST_MAX_BYTES) -> bytes:
+    """Read one bundle file: a regular file, not a symlink, with one link, of the expected size (None: an
+    unrecorded file, manifest.json or manifest.sig, of at most `limit` bytes)."""
     path = folder / name
     try:
         mode = os.lstat(path).st_mode
@@ -86,7 +100,7 @@ def _read_member(folder: Path, name: str, size: int | None) -> bytes:
     try:
         with os.fdopen(os.open(path, flags), "rb") as handle:
             st = os.fstat(handle.fileno())  # the file actually opened, whatever happened to the path since
-            _check_opened(name, st, size)
+            _check_opened(name, st, size, limit)
             data = handle.read(st.st_size + 1)  # one byte more reveals a file that grew after fstat
     except OSError as err:
         raise BundleError(name, f"cannot be read ({err.strerror or err})") from None
@@ -95,7 +109,7 @@ def _read_member(folder: Path, name: str, size: int | None) -> bytes:
     return data
 
 
-def _check_opened(name: str, st: os.stat_result, size: int | None) -> None:
+def _check_opened(name: str, st: os.stat_result, size: int | None, limit: int) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise BundleError(name, "is not a regular file")
     if st.st_nlink != 1:
@@ -108,12 +122,13 @@ def _check_opened(name: str, st: os.stat_result, size: int | None) -> None:
         raise BundleError(
             name, f"is {st.st_size} bytes but the manifest says {size} (truncated or modified: rebuild it)"
         )
-    if size is None and st.st_size > MANIFEST_MAX_BYTES:
-        raise BundleError(name, f"is {st.st_size} bytes, more than a manifest may be ({MANIFEST_MAX_BYTES})")
+    if size is None and st.st_size > limit:
+        raise BundleError(name, f"is {st.st_size} bytes, more than a {name} may be ({limit})")
 
 
-def _check_entries(folder: Path) -> None:
-    """The folder holds exactly the bundle files: nothing missing, nothing extra, no subfolders."""
+def _check_entries(folder: Path) -> bool:
+    """The folder holds exactly the bundle files, and optionally manifest.sig: nothing missing, nothing
+    extra, no subfolders. Returns whether manifest.sig is there."""
     if not folder.is_dir():
         raise BundleError(None, f"bundle folder {folder} does not exist or is not a folder")
     try:
@@ -121,7 +136,7 @@ def _check_entries(folder: Path) -> None:
     except OSError as err:
         raise BundleError(None, f"bundle folder {folder} cannot be listed ({err.strerror})") from None
     expected = {*BUNDLE_FILES, MANIFEST}
-    extra = sorted(entries - expected)
+    extra = sorted(entries - expected - {SIGNATURE})
     missing = [n for n in (MANIFEST, *BUNDLE_FILES) if n not in entries]
     if extra:
         kind = "folder" if (folder / extra[0]).is_dir() and not (folder / extra[0]).is_symlink() else "entry"
@@ -130,10 +145,11 @@ def _check_entries(folder: Path) -> None:
         raise BundleError(
             extra[0],
             f"unexpected {kind} in bundle {folder}{also}{hint}: a bundle holds exactly "
-            f"{', '.join(sorted(expected))}",
+            f"{', '.join(sorted(expected))} (and optionally {SIGNATURE})",
         )
     if missing:
         raise BundleError(missing[0], f"missing from bundle {folder}")
+    return SIGNATURE in entries
 
 
 def _verified_file(folder: Path, name: str, record: FileRecord) -> bytes:
@@ -220,19 +236,53 @@ def _scan_graph(data: bytes) -> ModelScan:
     return scan
 
 
-def read_bundle(path: str | os.PathLike[str]) -> VerifiedBundle:
-    """Verify every file of the bundle at `path` and return the verified contents. Raises BundleError."""
+def signed_digest(manifest: dict[str, Any]) -> str:
+    """The manifest digest a signature covers (manifest_digest of the parsed manifest). Raises BundleError
+    for a manifest its canonical form cannot hold."""
+    try:
+        return manifest_digest(manifest)
+    except (ValueError, RecursionError) as err:  # rfc8785.CanonicalizationError is a ValueError
+        raise BundleError(
+            MANIFEST, f"has no canonical form (RFC 8785), so no signature can cover it: {err}"
+        ) from None
+
+
+def read_bundle(
+    path: str | os.PathLike[str],
+    public_key: PublicKeySource | None = None,
+    *,
+    check_signature: bool = True,
+) -> VerifiedBundle:
+    """Verify every file of the bundle at `path` and return the verified contents. Raises BundleError.
+
+    public_key (a PEM file's path, PEM bytes, or a loaded signing.PublicKey): also require manifest.sig to
+    be that key's signature over this manifest (signing.SignatureError says why not). Without one, a
+    manifest.sig present is checked for form only. check_signature=False leaves manifest.sig unread (for a
+    signer about to replace it).
+    """
+    if public_key is not None and not check_signature:
+        raise ValueError("a public_key needs check_signature=True")
+    trusted = load_public_key(public_key) if public_key is not None else None
     folder = Path(path)
-    _check_entries(folder)
+    signed = _check_entries(folder)
     manifest, spec = parse_manifest(_read_member(folder, MANIFEST, None))
+    signature = None
+    if signed and check_signature:
+        signature = parse_signature(_read_member(folder, SIGNATURE, None, SIGNATURE_MAX_BYTES))
+    if trusted is not None:  # before anything else the manifest describes is read
+        verify_signature(signature, signed_digest(manifest), trusted)
     data = {name: _verified_file(folder, name, spec.files[name]) for name in BUNDLE_FILES}
     labels = _parse_labels(data["labels.json"], spec)
     tokenizer = _parse_tokenizer(data["tokenizer.json"], spec)
     scan = _scan_graph(data["model.onnx"])
-    return VerifiedBundle(folder, manifest, spec, data["model.onnx"], tokenizer, labels, scan)
+    key_id = trusted.key_id if trusted is not None else None
+    return VerifiedBundle(
+        folder, manifest, spec, data["model.onnx"], tokenizer, labels, scan, signature, key_id
+    )
 
 
-def verify_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check a bundle without running it (files, hashes, manifest, labels, tokenizer, graph); return the
-    manifest. `Classifier.load` does this and more (it also runs the graph once)."""
-    return read_bundle(path).manifest
+def verify_bundle(path: str | os.PathLike[str], public_key: PublicKeySource | None = None) -> dict[str, Any]:
+    """Check a bundle without running it (files, hashes, manifest, labels, tokenizer, graph, and with
+    public_key its signature); return the manifest. `Classifier.load` does this and more (it also runs the
+    graph once)."""
+    return read_bundle(path, public_key).manifest

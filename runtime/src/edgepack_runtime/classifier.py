@@ -17,10 +17,11 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import DTypeLike
 
-from edgepack_runtime import cpu, pertext
+from edgepack_runtime import cpu
 from edgepack_runtime.bundle import VerifiedBundle, read_bundle
 from edgepack_runtime.errors import BundleError, TargetMismatchError
 from edgepack_runtime.manifest import MANIFEST, OosRule, Spec
+from edgepack_runtime.signing import PublicKeySource, Signature
 from edgepack_runtime.textguard import CHARS_PER_TOKEN, clean_text, clean_texts
 
 _NUMPY_TYPES = {"int64": np.int64, "int32": np.int32}
@@ -30,9 +31,6 @@ DYNAMIC_QUANT_OPS = frozenset(
     {"DynamicQuantizeLinear", "com.microsoft:DynamicQuantizeMatMul", "com.microsoft:DynamicQuantizeLSTM"}
 )
 _PAD_TOKENS = ("[PAD]", "<pad>", "<PAD>")
-# How far a float output after the quantized path (e.g. a Mahalanobis out-of-scope score) may move between a
-# text alone and the same text in a per-text-quantized batch; measured up to 3e-5 on CLINC's test split.
-PER_TEXT_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -131,30 +129,30 @@ class Classifier:
         self._types = {t.name: _NUMPY_TYPES[t.type] for t in spec.inputs}
         self._oos = spec.oos  # the out-of-scope rule, None: answers are the argmax
         self._outputs = [spec.output.name] + ([spec.oos.output] if spec.oos and spec.oos.output else [])
-        self._dynamic = bool(DYNAMIC_QUANT_OPS & set(bundle.scan.op_types))
-        # Batches of 2+ texts run here: the graph itself, or its per-text rewrite (see pertext), or nothing.
-        self._batch_session: ort.InferenceSession | None = None if self._dynamic else session
-        self._batch_note = "padded batches" if not self._dynamic else "one text at a time"
+        self._batch_invariant = not DYNAMIC_QUANT_OPS & set(bundle.scan.op_types)
         pad_ids = (self._tokenizer.token_to_id(t) for t in _PAD_TOKENS)
         self._pad_id = next((i for i in pad_ids if i is not None), 0)  # masked out, so any valid id works
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], threads: int = 1, strict: bool = False, batching: bool = True
+        cls,
+        path: str | os.PathLike[str],
+        threads: int = 1,
+        strict: bool = False,
+        public_key: PublicKeySource | None = None,
     ) -> Classifier:
         """Verify the bundle at `path` and prepare it to run on `threads` intra-op threads (0: ORT decides).
 
         Raises BundleError naming the file and the problem. When the CPU lacks a feature the bundle's target
         relies on, warns once (cpu.TargetWarning) or, with strict=True, raises TargetMismatchError.
 
-        batching: for a dynamic-INT8 graph, also start a session on its per-text rewrite (see `pertext`), so
-        that predict_batch runs real batches with every answer still equal to predict's (about +50 MB and
-        +0.5 s to load for clinc-int8). False, or a graph the rewrite does not cover: texts of a batch run
-        one at a time. `batch_mode` says which.
+        public_key: a PEM file's path or PEM bytes of the Ed25519 key the bundle must be signed with
+        (manifest.sig); refused with SignatureError (a BundleError) when the signature is missing,
+        malformed, by another key or over another manifest. Needs the 'sign' extra (cryptography).
         """
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ValueError(f"threads must be an integer >= 0 (0 lets ONNX Runtime decide), got {threads!r}")
-        bundle = read_bundle(path)
+        bundle = read_bundle(path, public_key)
         spec = bundle.spec
         message = cpu.check_target(spec.name, spec.target_name, spec.cpu_features, cpu.detect())
         if message and strict:
@@ -164,48 +162,7 @@ class Classifier:
         classifier = cls(bundle, _session(bundle.model_bytes, threads), threads)
         classifier._check_session()
         classifier._probe()
-        if batching and classifier._dynamic:
-            classifier._start_per_text(threads)
         return classifier
-
-    def _start_per_text(self, threads: int) -> None:
-        """Rewrite the graph to quantize each text alone, start it, and keep it only when it answers probe
-        batches exactly as the graph answers each text alone; otherwise say why texts run one at a time."""
-        try:
-            model = pertext.rewrite(self._bundle.model_bytes)
-        except pertext.NotRewritable as err:
-            self._batch_note = f"one text at a time (per-text rewrite not applicable: {err})"
-            return
-        try:
-            session = _session(model, threads)
-        except BundleError as err:
-            self._batch_note = f"one text at a time (ONNX Runtime refused the per-text graph: {err.problem})"
-            return
-        rng = np.random.default_rng(0)
-        top = self._tokenizer.get_vocab_size(with_added_tokens=True)
-        lengths = sorted({self._max_length, 1, 2, 3, 5, max(1, self._max_length // 2)}, reverse=True)
-        rows = [rng.integers(0, top, size=n).tolist() for n in lengths]
-        alone = [self._run([row]) for row in rows]
-        together = session.run(self._outputs, feeds(rows, self._types, self._pad_id))
-        exact = True
-        for position, output in enumerate(together):
-            got = np.asarray(output)
-            expected = np.concatenate([np.asarray(a[position]) for a in alone])
-            # The quantized path is exact (the logits come out bit for bit); float operators after it, such
-            # as a Mahalanobis head's sums and products, round differently with the batch shape, as in any
-            # float graph: those may differ by float rounding, nothing more.
-            if not np.allclose(got, expected, rtol=PER_TEXT_RTOL, atol=1e-6) or (
-                position == 0 and not np.array_equal(got, expected)
-            ):
-                self._batch_note = "one text at a time (per-text graph differed from the graph on a probe)"
-                return
-            exact = exact and np.array_equal(got, expected)
-        self._batch_session = session
-        self._batch_note = "batches with per-text activation quantization (" + (
-            "same answers as one at a time, bit for bit)"
-            if exact
-            else f"same logits; out-of-scope scores within {PER_TEXT_RTOL:g} relative, float rounding)"
-        )
 
     # -- load-time checks -------------------------------------------------------------------------------
 
@@ -276,23 +233,29 @@ class Classifier:
     # -- inference --------------------------------------------------------------------------------------
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self._tokenize(texts)[0]
+
+    def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token-id rows, and for each text whether it has nothing to classify (special tokens only)."""
         tokenizer = self._tokenizer
         encodings = [tokenizer.encode(texts[0])] if len(texts) == 1 else tokenizer.encode_batch(texts)
+        blank = [0 not in e.special_tokens_mask for e in encodings]
         # A tokenizer without special tokens gives nothing for an empty text: feed one pad token instead.
-        return [e.ids or [self._pad_id] for e in encodings]
+        return [e.ids or [self._pad_id] for e in encodings], blank
 
     def _run(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits for token-id rows, padded with numpy to the longest row, and the graph's out-of-scope
-        scores when it computes them. One row runs through the bundle's graph as it is; several through
-        the batch session (the same graph, or its per-text rewrite for dynamic INT8)."""
-        session = self._session if len(rows) == 1 or self._batch_session is None else self._batch_session
-        values = session.run(self._outputs, feeds(rows, self._types, self._pad_id))
+        scores when it computes them."""
+        values = self._session.run(self._outputs, feeds(rows, self._types, self._pad_id))
         return np.asarray(values[0]), np.asarray(values[1]) if len(values) > 1 else None
 
-    def _probabilities(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities [texts, labels] and the out-of-scope rule's scores [texts] (None without a rule)."""
-        rows = self._encode(texts) if texts else []
-        if self._batch_session is None:
+    def _probabilities(
+        self, texts: list[str], batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray | None, list[bool]]:
+        """Probabilities [texts, labels], the out-of-scope rule's scores [texts] (None without a rule), and
+        which texts have nothing to classify."""
+        rows, blank = self._tokenize(texts) if texts else ([], [])
+        if not self._batch_invariant:
             batch_size = 1  # keep every answer equal to predict(text): see batch_invariant
         probs = np.empty((len(rows), len(self._labels)), dtype=np.float32)
         scores = np.empty(len(rows), dtype=np.float32)
@@ -304,31 +267,33 @@ class Classifier:
             if graph_scores is not None:
                 scores[chunk] = graph_scores
         if self._oos is None:
-            return probs, None
-        return probs, scores if self._oos.output is not None else probs.max(axis=1)
+            return probs, None, blank
+        return probs, scores if self._oos.output is not None else probs.max(axis=1), blank
 
-    def _prediction(self, probs: np.ndarray, oos_score: float | None, top_k: int) -> Prediction:
+    def _prediction(self, probs: np.ndarray, oos_score: float | None, top_k: int, blank: bool) -> Prediction:
+        """The answer for one text; a text with nothing to classify (blank) is out of scope when the bundle
+        has an out-of-scope label, whatever the model says about its special tokens alone."""
         best = np.argsort(-probs, kind="stable")[:top_k]
         ranked = list(zip([self._labels[i] for i in best.tolist()], probs[best].tolist(), strict=True))
         label, score = ranked[0]
-        if self._oos is not None and self._oos.rejects(oos_score):
+        if self._oos is not None and (blank or self._oos.rejects(oos_score)):
             return Prediction(self._oos.label, score, ranked, rejected=True, oos_score=oos_score)
         return Prediction(label, score, ranked, oos_score=oos_score)
 
     def predict(self, text: str, top_k: int = 3) -> Prediction:
         """Classify one text (see textguard for what happens to empty, huge or odd texts)."""
         _positive_int(top_k, "top_k")
-        probs, scores = self._probabilities([clean_text(text, self._max_chars, "predict()")], 1)
-        return self._prediction(probs[0], None if scores is None else float(scores[0]), top_k)
+        probs, scores, blank = self._probabilities([clean_text(text, self._max_chars, "predict()")], 1)
+        return self._prediction(probs[0], None if scores is None else float(scores[0]), top_k, blank[0])
 
     def predict_batch(self, texts: Iterable[str], batch_size: int = 32, top_k: int = 3) -> list[Prediction]:
         """Classify many texts, `batch_size` at a time; same answers as `predict` one by one, in order."""
         _positive_int(top_k, "top_k")
         _positive_int(batch_size, "batch_size")
-        probs, scores = self._probabilities(clean_texts(texts, self._max_chars, "predict_batch"), batch_size)
-        if scores is None:
-            return [self._prediction(row, None, top_k) for row in probs]
-        return [self._prediction(row, float(score), top_k) for row, score in zip(probs, scores, strict=True)]
+        cleaned = clean_texts(texts, self._max_chars, "predict_batch")
+        probs, scores, blank = self._probabilities(cleaned, batch_size)
+        oos_scores: list[float | None] = [None] * len(probs) if scores is None else scores.tolist()
+        return [self._prediction(p, o, top_k, b) for p, o, b in zip(probs, oos_scores, blank, strict=True)]
 
     def predict_proba(self, texts: Iterable[str], batch_size: int = 32) -> np.ndarray:
         """Softmax probabilities, float32 [len(texts), num_labels]; no out-of-scope threshold applied."""
@@ -340,7 +305,7 @@ class Classifier:
         """Softmax probabilities [len(texts), num_labels] and the out-of-scope rule's scores [len(texts)]
         (None when the bundle has no rule), as predict_batch computes them; no threshold applied."""
         _positive_int(batch_size, "batch_size")
-        return self._probabilities(clean_texts(texts, self._max_chars, "predict_scores"), batch_size)
+        return self._probabilities(clean_texts(texts, self._max_chars, "predict_scores"), batch_size)[:2]
 
     # -- read-only views --------------------------------------------------------------------------------
 
@@ -376,17 +341,18 @@ class Classifier:
 
     @property
     def batch_invariant(self) -> bool:
-        """True when predict_batch runs texts in real batches with each answer equal to predict(text): float
-        and static-INT8 graphs, and dynamic-INT8 graphs through their per-text rewrite (load(batching=True),
-        the default). False for a dynamic-INT8 graph without it: its activation scale is computed over the
-        whole batch, so batching would make a text's answer depend on its neighbours, and predict_batch then
-        runs texts one at a time (batch_size is not used). See batch_mode for which and why."""
-        return self._batch_session is not None
+        """False for graphs with dynamic activation quantization (dynamic INT8): their per-tensor scale is
+        computed over the whole batch, so batching would make a text's answer depend on its neighbours.
+        predict_batch and predict_proba then run texts one at a time (batch_size is not used), keeping
+        every answer equal to predict(text). Static INT8 and float graphs batch normally."""
+        return self._batch_invariant
 
     @property
     def batch_mode(self) -> str:
-        """How predict_batch runs a batch, in words (and why texts run one at a time, when they do)."""
-        return self._batch_note
+        """How predict_batch runs a batch, in words (for summaries and the server's /manifest)."""
+        if self._batch_invariant:
+            return "padded batches of texts sorted by length"
+        return "one text at a time (dynamic INT8: a batch would share one activation scale)"
 
     @property
     def oos(self) -> OosRule | None:
@@ -405,6 +371,17 @@ class Classifier:
     @property
     def threads(self) -> int:
         return self._threads
+
+    @property
+    def signature(self) -> Signature | None:
+        """The bundle's manifest.sig (well-formed), or None when it has none."""
+        return self._bundle.signature
+
+    @property
+    def signed_by(self) -> str | None:
+        """The id (sha256 of the raw public key) of the key whose signature load verified; None when no
+        public key was given."""
+        return self._bundle.signed_by
 
     @property
     def input_names(self) -> Sequence[str]:

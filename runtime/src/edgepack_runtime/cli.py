@@ -21,6 +21,7 @@ from edgepack_runtime.errors import BundleError
 
 if TYPE_CHECKING:
     from edgepack_runtime.classifier import Classifier
+    from edgepack_runtime.signing import PublicKey
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -34,6 +35,13 @@ threads_option = click.option(
 )
 strict_option = click.option(
     "--strict", is_flag=True, help="Refuse a bundle built for CPU features this CPU lacks."
+)
+public_key_option = click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Ed25519 public key (PEM, from edgepack keygen): refuse the bundle unless its manifest.sig is this "
+    "key's signature over its manifest (needs edgepack-runtime[sign]).",
 )
 
 
@@ -51,6 +59,24 @@ def runs_option(default: int, why_default: str = "") -> Callable[[F], F]:
     )
 
 
+text_column_option = click.option(
+    "--text-column", default="text", show_default=True, help="Text column of CSV / JSONL / Parquet data."
+)
+label_column_option = click.option(
+    "--label-column", default="label", show_default=True, help="Label column of CSV / JSONL / Parquet data."
+)
+
+
+def oos_label_option(whose: str) -> Callable[[F], F]:
+    """--oos-label: the data's out-of-scope label when `whose` bundle calls it otherwise."""
+    return click.option(
+        "--oos-label",
+        default=None,
+        help=f"The data's out-of-scope label, when {whose} bundle calls it otherwise (its rejections of such "
+        "texts count as right).",
+    )
+
+
 batch_size_option = click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -60,14 +86,28 @@ batch_size_option = click.option(
 )
 
 
-def _load(bundle: Path, threads: int, strict: bool) -> Classifier:
-    """Load a bundle; a BundleError becomes a clean CLI error, target warnings a 'warning:' line."""
+def _public_key(path: Path | None) -> PublicKey | None:
+    """The --public-key file, loaded; a key that cannot be used is a bad --public-key."""
+    from edgepack_runtime.signing import load_public_key
+
+    if path is None:
+        return None
+    try:
+        return load_public_key(path)
+    except BundleError as err:
+        raise click.BadParameter(str(err), param_hint="--public-key") from None
+
+
+def _load(bundle: Path, threads: int, strict: bool, public_key: Path | None = None) -> Classifier:
+    """Load a bundle (its signature checked with public_key when given); a BundleError becomes a clean CLI
+    error, target warnings a 'warning:' line."""
     from edgepack_runtime.classifier import Classifier
 
+    key = _public_key(public_key)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            clf = Classifier.load(bundle, threads=threads, strict=strict)
+            clf = Classifier.load(bundle, threads=threads, strict=strict, public_key=key)
         except BundleError as err:
             raise click.ClickException(f"bundle {bundle} refused: {err}") from None
     for warning in caught:
@@ -109,13 +149,20 @@ def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @threads_option
 @strict_option
+@public_key_option
 def classify(
-    bundle: Path, texts: tuple[str, ...], top_k: int, batch_size: int, threads: int, strict: bool
+    bundle: Path,
+    texts: tuple[str, ...],
+    top_k: int,
+    batch_size: int,
+    threads: int,
+    strict: bool,
+    public_key: Path | None,
 ) -> None:
     """Classify TEXTS (or each line of standard input when none are given); print one JSON line per text."""
     from edgepack_runtime.textguard import replace_surrogates
 
-    clf = _load(bundle, threads, strict)
+    clf = _load(bundle, threads, strict, public_key)
     if not texts and sys.stdin.isatty():
         click.echo("reading texts from standard input, one per line (Ctrl-D ends)", err=True)
     source = iter(texts) if texts else _stdin_lines()
@@ -151,16 +198,27 @@ def _summary(clf: Classifier) -> list[tuple[str, str]]:
             f"{spec.target_name} needs {needs}: " + ("ok on this CPU" if not problem else "see warning"),
         ),
         ("this cpu", f"{', '.join(sorted(host.present)) or 'none known'} (per {host.source})"),
+        ("signature", _signature_line(clf)),
     ]
+
+
+def _signature_line(clf: Classifier) -> str:
+    if clf.signed_by is not None:
+        return f"verified: Ed25519, key id {clf.signed_by[:16]}..., over this manifest"
+    if clf.signature is not None:
+        return f"present (key id {clf.signature.key_id[:16]}...), not checked: give --public-key to check it"
+    return "none (unsigned bundle)"
 
 
 @main.command()
 @bundle_argument
 @threads_option
 @strict_option
-def verify(bundle: Path, threads: int, strict: bool) -> None:
-    """Check every file, hash and field of BUNDLE, load it and run it once; print a summary."""
-    clf = _load(bundle, threads, strict)
+@public_key_option
+def verify(bundle: Path, threads: int, strict: bool, public_key: Path | None) -> None:
+    """Check every file, hash and field of BUNDLE, load it and run it once; print a summary. With
+    --public-key, also check that manifest.sig is that key's signature over the manifest."""
+    clf = _load(bundle, threads, strict, public_key)
     rows = _summary(clf)
     width = max(len(k) for k, _ in rows) + 2
     click.echo(f"OK: bundle {bundle} verified")
@@ -171,13 +229,16 @@ def verify(bundle: Path, threads: int, strict: bool) -> None:
 @main.command()
 @bundle_argument
 @click.option(
-    "--data", type=click.Path(path_type=Path), help="Labeled texts: CLINC JSON (or its folder), CSV, JSONL."
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Labeled texts, read as edgepack build reads them: a folder of train/validation/test CSV, JSONL or "
+    "Parquet files (a split it lacks is carved as the bundle's build carved it), a CLINC JSON (or its "
+    "folder), or one file (measured whole, unless the bundle was built from it).",
 )
-@click.option("--split", default="test", show_default=True, help="Split of a CLINC JSON file.")
-@click.option("--text-column", default="text", show_default=True, help="Text column of a CSV / JSONL file.")
-@click.option(
-    "--label-column", default="label", show_default=True, help="Label column of a CSV / JSONL file."
-)
+@click.option("--split", default="test", show_default=True, help="Split of a folder or CLINC JSON.")
+@text_column_option
+@label_column_option
+@oos_label_option("the")
 @threads_option
 @batch_size_option
 @runs_option(200)
@@ -186,36 +247,43 @@ def verify(bundle: Path, threads: int, strict: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @strict_option
+@public_key_option
 def bench(
     bundle: Path,
     data: Path | None,
     split: str,
     text_column: str,
     label_column: str,
+    oos_label: str | None,
     threads: int,
     batch_size: int,
     runs: int,
     warmup: int,
     as_json: bool,
     strict: bool,
+    public_key: Path | None,
 ) -> None:
     """Latency at batch 1, throughput at --batch-size, size on disk, and accuracy when --data is given."""
     from edgepack_runtime import bench as measure
-    from edgepack_runtime.data import DataError, load_labeled
+    from edgepack_runtime.data import DataError
+    from edgepack_runtime.splits import read_split
 
-    pairs = None
+    clf = _load(bundle, threads, strict, public_key)
+    pairs, note = None, None
     if data is not None:
         try:
-            pairs = load_labeled(data, split=split, text_column=text_column, label_column=label_column)
+            built = clf.manifest.get("data") if isinstance(clf.manifest.get("data"), dict) else None
+            pairs, note = read_split(data, split, text_column, label_column, built)
         except DataError as err:
             raise click.BadParameter(str(err), param_hint="--data") from None
-    clf = _load(bundle, threads, strict)
+        if note:
+            click.echo(note, err=True)
     texts = [text for text, _ in pairs] if pairs else list(measure.SAMPLE_QUERIES)
     result: dict[str, Any] = measure.run(
-        clf, texts, runs=runs, warmup=warmup, batch_size=batch_size, pairs=pairs
+        clf, texts, runs=runs, warmup=warmup, batch_size=batch_size, pairs=pairs, oos_label=oos_label
     )
     if data is not None:
-        result["data"] = {"path": str(data), "split": split}
+        result["data"] = {"path": str(data), "split": split, "carved": note}
     click.echo(json.dumps(result, indent=2) if as_json else measure.format_table(result))
 
 
@@ -269,6 +337,7 @@ def bench(
 )
 @click.option("--access-log", is_flag=True, help="Log one line per request to stderr.")
 @strict_option
+@public_key_option
 def serve(
     bundle: Path,
     host: str,
@@ -281,6 +350,7 @@ def serve(
     graceful_timeout: float,
     access_log: bool,
     strict: bool,
+    public_key: Path | None,
 ) -> None:
     """Serve BUNDLE over HTTP: POST /classify, GET /health, GET /manifest (needs the 'serve' extra)."""
     from edgepack_runtime import serve as server
@@ -289,9 +359,11 @@ def serve(
         server.require_extra()
     except server.MissingExtra as err:
         raise click.ClickException(str(err)) from None
-    clf = _load(bundle, 1, strict)  # verified once here: a damaged bundle never starts a server
+    clf = _load(bundle, 1, strict, public_key)  # verified once here: a damaged bundle never starts a server
     limits = server.Limits(max_texts=max_texts, max_body_bytes=max_body_bytes, max_pending=max_pending)
-    settings = server.Settings(str(bundle.resolve()), threads, strict, limits)
+    # Workers check the signature with the very key text the supervisor read.
+    pem = public_key.read_bytes().decode("latin-1") if public_key is not None else None
+    settings = server.Settings(str(bundle.resolve()), threads, strict, limits, pem)
     try:
         sock = server.bind(host, port)
     except OSError as err:

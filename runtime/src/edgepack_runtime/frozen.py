@@ -14,7 +14,8 @@ Exit codes: 0 all answered, 1 some inputs got an error line (the others were ans
 
 This module imports only edgepack_runtime, onnxruntime, tokenizers, numpy, rfc8785 (the manifest digest, pure
 Python) and the standard library (no click), so the executable carries nothing else; it is testable unfrozen
-by passing `bundle=`.
+by passing `bundle=`. Frozen with --public-key, it also carries that key (TRUSTED_KEY) and `cryptography`,
+and refuses to start unless the embedded bundle's manifest.sig is that key's signature over its manifest.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from edgepack_runtime.classifier import Classifier
 from edgepack_runtime.errors import BundleError
 
 EMBEDDED = "bundle"  # the folder the bundle is unpacked to, under sys._MEIPASS
+TRUSTED_KEY = "public_key.pem"  # beside it, when frozen with --public-key: the key that signed the bundle
 EXIT_OK, EXIT_INPUT_ERRORS, EXIT_USAGE, EXIT_BUNDLE = 0, 1, 2, 3
 BYTES_PER_CHAR = 4  # the most a UTF-8 character takes: max_chars characters fit in 4 * max_chars bytes
 
@@ -47,6 +49,12 @@ def embedded_bundle() -> Path:
             "to run a bundle folder use `edgepack-run classify BUNDLE`"
         )
     return Path(base) / EMBEDDED
+
+
+def embedded_key() -> bytes | None:
+    """The public key frozen into the executable (PEM), or None when it was frozen without one."""
+    path = embedded_bundle().parent / TRUSTED_KEY
+    return path.read_bytes() if path.is_file() else None
 
 
 def _integer(text: str, least: int) -> int:
@@ -98,12 +106,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _load(folder: Path, threads: int, err: IO[str], batching: bool = False) -> Classifier:
-    """Verify and load the bundle; CPU-target warnings become 'warning:' lines on stderr. Texts are answered
-    one line at a time, so the batch session (a second copy of the model) is started only for --bench."""
+def _load(folder: Path, threads: int, err: IO[str], public_key: bytes | None = None) -> Classifier:
+    """Verify and load the bundle (and its signature, with a public key); CPU-target warnings become
+    'warning:' lines on stderr."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf = Classifier.load(folder, threads=threads, batching=batching)
+        clf = Classifier.load(folder, threads=threads, public_key=public_key)
     for warning in caught:
         print(f"warning: {warning.message}", file=err)
     return clf
@@ -180,6 +188,12 @@ def _accuracy(manifest: dict[str, Any], split: str) -> str | None:
     return f"{value:.4f}" if isinstance(value, int | float) else None
 
 
+def _signed(clf: Classifier) -> str:
+    if clf.signed_by is not None:
+        return f"signature checked at start: Ed25519 key {clf.signed_by[:16]}... (frozen with --public-key)"
+    return "signature not checked (frozen without --public-key)"
+
+
 def version_lines(clf: Classifier, prog: str) -> list[str]:
     """The executable's and the embedded bundle's identity, as `--version` prints it."""
     import numpy
@@ -193,6 +207,7 @@ def version_lines(clf: Classifier, prog: str) -> list[str]:
         ("bundle", f"{spec.name} ({manifest['schema']}), created {manifest.get('created', '?')}"),
         ("built by", f"edgepack {manifest.get('edgepack_version', '?')}"),
         ("verified", f"at start: manifest and {files}"),
+        ("signed", _signed(clf)),
         ("labels", f"{len(clf.labels)}{oos}"),
         ("inputs", f"{', '.join(clf.input_names)}; max_length {spec.max_length}; vocab {spec.vocab_size}"),
         ("target", f"{spec.target_name} (needs {', '.join(spec.cpu_features) or 'nothing special'})"),
@@ -249,10 +264,12 @@ def main(
     argv: Sequence[str] | None = None,
     *,
     bundle: Path | None = None,
+    public_key: bytes | None = None,
     stdin: IO[bytes] | None = None,
     stdout: IO[bytes] | None = None,
 ) -> int:
-    """Run the program; `bundle` (for tests) replaces the embedded one. Returns the exit code."""
+    """Run the program; `bundle` and `public_key` (PEM; for tests) replace the embedded bundle and key.
+    Returns the exit code."""
     prog = Path(sys.argv[0]).name or "classifier"
     try:
         args = _parser(prog).parse_args(argv)
@@ -262,7 +279,9 @@ def main(
         print(f"{prog}: --bench and --version take no texts", file=sys.stderr)
         return EXIT_USAGE
     try:
-        clf = _load(bundle if bundle is not None else embedded_bundle(), args.threads, sys.stderr, args.bench)
+        if bundle is None:
+            bundle, public_key = embedded_bundle(), embedded_key()
+        clf = _load(bundle, args.threads, sys.stderr, public_key)
     except RuntimeError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -95,6 +95,7 @@ class Settings:
     threads: int = 1
     strict: bool = False
     limits: Limits = Limits()
+    public_key: str | None = None  # PEM text of the key the bundle must be signed with (--public-key)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -102,7 +103,8 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         data = json.loads(text)
-        return cls(data["bundle"], data["threads"], data["strict"], Limits(**data["limits"]))
+        limits = Limits(**data["limits"])
+        return cls(data["bundle"], data["threads"], data["strict"], limits, data.get("public_key"))
 
 
 class Problem(Exception):
@@ -243,6 +245,7 @@ def summary(clf: Classifier, limits: Limits, threads: int) -> dict[str, Any]:
         "metrics": manifest.get("metrics"),
         "files": {name: {"sha256": rec.sha256, "size": rec.size} for name, rec in spec.files.items()},
         "manifest_sha256": manifest.get("manifest_sha256"),
+        "signed_by": clf.signed_by,
         "batch_mode": clf.batch_mode,
         "threads": threads,
         "limits": asdict(limits),
@@ -315,7 +318,8 @@ def create_app(clf: Classifier, limits: Limits = Limits(), threads: int = 1) -> 
 def load(settings: Settings) -> Classifier:
     from edgepack_runtime.classifier import Classifier
 
-    return Classifier.load(settings.bundle, threads=1, strict=settings.strict)
+    key = settings.public_key.encode("latin-1") if settings.public_key is not None else None
+    return Classifier.load(settings.bundle, threads=1, strict=settings.strict, public_key=key)
 
 
 def worker_app() -> Starlette:

@@ -6,8 +6,9 @@
   for real text while a 10 MB string costs no more than a 1 KB one. The answer for a longer text is, by
   definition, the answer for its capped prefix.
 - Lone surrogates (which no UTF-8 tokenizer can take) become U+FFFD.
-- Empty, whitespace-only and control-character texts are passed on: the answer is whatever the model says
-  for the (nearly) empty token sequence.
+- Empty, whitespace-only and control-character texts are passed on. Such a text has nothing to classify (it
+  tokenizes to special tokens only): a bundle with an out-of-scope label answers it with that label
+  (rejected), one without answers whatever the model says about the special tokens alone.
 """
 
 from __future__ import annotations

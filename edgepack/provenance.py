@@ -1,0 +1,89 @@
+"""What a build ran with, for the manifest and `edgepack rebuild`: the installed packages of edgepack's
+dependency closure, Python, the platform, the seeds and the determinism settings."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Any
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from edgepack.recipe import Recipe
+
+ROOT_DISTRIBUTION = "edgepack"
+
+
+def _requirements(dist: metadata.Distribution, extras: frozenset[str]) -> list[Requirement]:
+    """dist's requirements whose markers hold here, for its base install plus `extras`."""
+    wanted = []
+    for text in dist.requires or []:
+        req = Requirement(text)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *sorted(extras))):
+            wanted.append(req)
+    return wanted
+
+
+def dependency_closure(root: str = ROOT_DISTRIBUTION) -> dict[str, str]:
+    """{normalised name: version} of `root` and every installed distribution it requires, recursively.
+
+    Requirements are followed where their environment markers hold on this interpreter, extras only where a
+    requirement asks for them (edgepack's own extras, dev tools, freeze, offline models, are not followed).
+    A required distribution that is not installed is left out: the build ran without it.
+    """
+    found: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo: list[tuple[str, frozenset[str]]] = [(root, frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        if (canonicalize_name(name), extras) in seen:
+            continue
+        seen.add((canonicalize_name(name), extras))
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found[canonicalize_name(dist.metadata["Name"])] = dist.version
+        todo += [(req.name, frozenset(req.extras)) for req in _requirements(dist, extras)]
+    return dict(sorted(found.items()))
+
+
+def versions() -> dict[str, str]:
+    """Python's version, then every package of edgepack's dependency closure (see dependency_closure)."""
+    return {"python": platform.python_version(), **dependency_closure()}
+
+
+def machine() -> dict[str, str]:
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "python_implementation": platform.python_implementation(),
+    }
+
+
+def seeds(recipe: Recipe) -> dict[str, int]:
+    """Every seed the build uses, by what it drives."""
+    from edgepack.data import SUBSAMPLE_SEED
+    from edgepack.quantize import CALIBRATION_SEED
+
+    return {
+        "teacher": recipe.teacher.seed,  # head initialisation, dropout, shuffling of the fine-tuning
+        "distill": recipe.distill.seed,  # every student's training, and the prune stage's recovery
+        "search": recipe.search.seed,  # the Optuna sampler and the search's training subset
+        "augment": recipe.augment.seed,  # the augmented copies
+        "data_split": recipe.data.split_seed,  # which examples a missing validation / test split is carved from
+        "data_subsample": SUBSAMPLE_SEED,  # which examples [data] max_train_samples keeps
+        "calibration": CALIBRATION_SEED,  # which texts calibrate static quantization
+    }
+
+
+def determinism() -> dict[str, Any]:
+    """How deterministic the build's training was asked to be, and on how many threads it ran."""
+    import torch
+
+    return {
+        "torch_deterministic_algorithms": "on while training (warn_only)",
+        "torch_threads": torch.get_num_threads(),
+    }

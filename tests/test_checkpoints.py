@@ -1,0 +1,259 @@
+"""Fine-tuned checkpoints keep their heads: id2label names in another order are mapped, LABEL_N heads take a
+label_map, a head for other labels is refused before any training; and the export-only path bundles the model
+itself (no student)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from edgepack_runtime import Classifier
+from edgepack_runtime.data import DataError
+from test_pipeline import _tiny_overrides
+
+from edgepack import models, teacher
+from edgepack.cache import Cache
+from edgepack.cli import main
+from edgepack.data import LabelledSplits, load_splits
+from edgepack.errors import RecipeError
+from edgepack.pipeline import build
+from edgepack.recipe import DataConfig, TeacherConfig, load_recipe
+from edgepack.training import TeacherResult, predict_logits
+
+MAX_LENGTH = 32
+DATA_LABELS = ["alarm", "balance", "oos", "transfer", "weather"]  # the tiny data's, sorted
+ORDER = [3, 0, 4, 1, 2]  # the checkpoints' class j is the data's class ORDER[j]
+
+
+@pytest.fixture(scope="module")
+def taught(
+    tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_family_model: Callable[[str], Path]
+) -> TeacherResult:
+    """A RoBERTa classifier fine-tuned on the tiny data (its head in the data's sorted label order)."""
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    config = TeacherConfig(
+        model=str(tiny_family_model("roberta")), epochs=10, learning_rate=3e-3, batch_size=8
+    )
+    return teacher.run(splits, config, MAX_LENGTH, Cache(tmp_path_factory.mktemp("cache")))
+
+
+def _checkpoint(taught: TeacherResult, folder: Path, names: list[str] | None) -> Path:
+    """The fine-tuned model with its classes in ORDER, named `names` (None: LABEL_0..LABEL_4), as a checkpoint."""
+    model = models.load_classifier(taught.model_dir)
+    out = model.classifier.out_proj
+    with torch.no_grad():
+        out.weight.copy_(out.weight[ORDER])
+        out.bias.copy_(out.bias[ORDER])
+    names = names or [f"LABEL_{i}" for i in range(len(ORDER))]
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: i for i, name in enumerate(names)}
+    model.save_pretrained(folder, safe_serialization=True)
+    models.load_tokenizer(taught.model_dir).save_pretrained(folder)
+    return folder
+
+
+def _named(taught: TeacherResult, tmp: Path) -> Path:
+    return _checkpoint(taught, tmp / "named", [DATA_LABELS[i] for i in ORDER])
+
+
+def _run(splits: LabelledSplits, tmp: Path, **config: Any) -> TeacherResult:
+    return teacher.run(splits, TeacherConfig(**config), MAX_LENGTH, Cache(tmp / "cache"))
+
+
+def _answers(result: TeacherResult, split: str = "test") -> list[str]:
+    return [result.splits.labels[i] for i in result.logits[split].argmax(axis=1)]
+
+
+def test_named_labels_in_another_order_keep_the_head(tmp_path: Path, taught: TeacherResult) -> None:
+    splits = load_splits(DataConfig(source=str(taught.splits.source)))
+    result = _run(splits, tmp_path, model=str(_named(taught, tmp_path)))
+    assert result.record["fine_tuned_here"] is False and result.record["head"] == "checkpoint's"
+    assert result.record["labels_from"] == "config.json id2label"
+    assert result.splits.labels == [DATA_LABELS[i] for i in ORDER]
+    gold = [result.splits.labels[i] for i in result.splits.label_ids["test"]]
+    assert gold == [splits.labels[i] for i in splits.label_ids["test"]]  # each example keeps its label
+    assert _answers(result) == _answers(taught)  # the same model, its classes in another order
+
+
+@pytest.mark.parametrize("form", ["table", "json object", "json list"])
+def test_generic_labels_take_a_label_map(tmp_path: Path, taught: TeacherResult, form: str) -> None:
+    folder = _checkpoint(taught, tmp_path / "generic", None)
+    mapping: dict[str, str] = {f"LABEL_{j}": DATA_LABELS[i] for j, i in reversed(list(enumerate(ORDER)))}
+    label_map: Any = mapping
+    if form != "table":
+        path = tmp_path / "labels.json"
+        by_id = [mapping[f"LABEL_{j}"] for j in range(len(ORDER))]
+        path.write_text(json.dumps(by_id if form == "json list" else dict(enumerate(by_id))))
+        label_map = str(path)
+    splits = load_splits(DataConfig(source=str(taught.splits.source)))
+    result = _run(splits, tmp_path, model=str(folder), label_map=label_map)
+    assert result.record["fine_tuned_here"] is False
+    assert result.record["labels_from"] == "config.json id2label with [teacher] label_map"
+    assert result.splits.labels == [DATA_LABELS[i] for i in ORDER]
+    assert _answers(result) == _answers(taught)
+
+
+def test_generic_labels_without_a_map_are_refused_before_training(
+    tmp_path: Path, taught: TeacherResult
+) -> None:
+    folder = _checkpoint(taught, tmp_path / "generic", None)
+    splits = load_splits(DataConfig(source=str(taught.splits.source)))
+    with pytest.raises(DataError) as caught:
+        _run(splits, tmp_path, model=str(folder))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "['LABEL_0', 'LABEL_1', 'LABEL_2', 'LABEL_3', 'LABEL_4']" in message  # the teacher's side
+    assert f"data (train split): {DATA_LABELS}" in message  # the data's side
+    assert "[teacher] label_map (e.g. {LABEL_0 = 'alarm'}" in message and 'fine_tune = "always"' in message
+    assert not (tmp_path / "cache").exists(), "refused before any training or caching"
+
+
+@pytest.mark.parametrize(
+    ("names", "difference"),
+    [
+        (["timer", "balance", "oos", "transfer", "weather"], r"do not cover the data's labels: \['alarm'\]"),
+        ([*DATA_LABELS, "pizza"], r"has labels the data lacks: \['pizza'\]"),
+    ],
+)
+def test_a_head_for_other_labels_is_refused_listing_both_sides(
+    tmp_path: Path,
+    tiny_data: Path,
+    tiny_family_model: Callable[[str], Path],
+    names: list[str],
+    difference: str,
+) -> None:
+    folder = tmp_path / "other"
+    base = tiny_family_model("roberta")
+    models.load_classifier(base, names).save_pretrained(folder, safe_serialization=True)
+    models.load_tokenizer(base).save_pretrained(folder)
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    with pytest.raises(DataError, match=difference) as caught:
+        _run(splits, tmp_path, model=str(folder))
+    assert f"(config.json id2label): {names}" in str(caught.value)
+    assert f"data (train split): {DATA_LABELS}" in str(caught.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fine_tune_always_trains_a_matching_head_in_its_order(tmp_path: Path, taught: TeacherResult) -> None:
+    splits = load_splits(DataConfig(source=str(taught.splits.source)))
+    folder = _named(taught, tmp_path)
+    kept = _run(splits, tmp_path, model=str(folder))
+    trained = _run(splits, tmp_path, model=str(folder), fine_tune="always", epochs=1, batch_size=8)
+    assert trained.record["fine_tuned_here"] is True and trained.record["head"] == "checkpoint's"
+    assert trained.splits.labels == [DATA_LABELS[i] for i in ORDER]
+    assert trained.record["cache_key"] != kept.record["cache_key"]
+    assert trained.model_dir != folder and (trained.model_dir / "model.safetensors").is_file()
+
+
+def test_fine_tune_always_replaces_a_head_for_other_labels(
+    tmp_path: Path, tiny_data: Path, tiny_family_model: Callable[[str], Path]
+) -> None:
+    folder = tmp_path / "three"
+    base = tiny_family_model("roberta")
+    models.load_classifier(base, ["x", "y", "z"]).save_pretrained(folder, safe_serialization=True)
+    models.load_tokenizer(base).save_pretrained(folder)
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    result = _run(splits, tmp_path, model=str(folder), fine_tune="always", epochs=1, batch_size=8)
+    assert result.record["head"] == "replaced" and result.record["fine_tuned_here"] is True
+    assert result.splits.labels == DATA_LABELS and result.logits["train"].shape == (40, 5)
+    assert models.classifier_labels(result.model_dir) == DATA_LABELS
+
+
+def test_label_map_mistakes_are_refused(
+    tmp_path: Path, taught: TeacherResult, tiny_family_model: Callable[[str], Path]
+) -> None:
+    splits = load_splits(DataConfig(source=str(taught.splits.source)))
+    folder = _checkpoint(taught, tmp_path / "generic", None)
+    with pytest.raises(RecipeError, match=r"label_map names \['LABEL_9'\], which .* does not have"):
+        _run(splits, tmp_path, model=str(folder), label_map={"LABEL_9": "alarm"})
+    with pytest.raises(RecipeError, match=r"gives two of .* labels the same name: \['LABEL_1'\]"):
+        _run(splits, tmp_path, model=str(folder), label_map={"0": "LABEL_1"})
+    with pytest.raises(RecipeError, match="cannot read it as a JSON file"):
+        _run(splits, tmp_path, model=str(folder), label_map=str(tmp_path / "absent.json"))
+    base = str(tiny_family_model("roberta"))
+    with pytest.raises(RecipeError, match="has no sequence-classification head to map"):
+        _run(splits, tmp_path, model=base, label_map={"LABEL_0": "alarm"})
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(RecipeError, match=r"\[teacher\] fine_tune = 'sometimes' is invalid"):
+        TeacherConfig(fine_tune="sometimes")
+    with pytest.raises(RecipeError, match="label_map = .* has the wrong type"):
+        load_recipe("clinc", {"teacher.label_map": {"LABEL_0": 3}})
+
+
+def test_default_teacher_settings_keep_their_cache_key() -> None:
+    """Teachers cached before fine_tune and label_map existed keep their keys: both are left out at defaults."""
+    before = {"model", "epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "seed"}
+    assert set(teacher._key_settings(TeacherConfig())) == before
+    assert set(teacher._key_settings(load_recipe("clinc").teacher)) == before
+    assert teacher._key_settings(TeacherConfig(fine_tune="always"))["fine_tune"] == "always"
+    assert set(asdict(TeacherConfig())) == before | {"fine_tune", "label_map"}
+
+
+def test_export_only_bundles_the_checkpoint_itself(tmp_path: Path, taught: TeacherResult) -> None:
+    """A LABEL_N checkpoint with its map in the recipe, no distillation: the model itself is fused, quantized
+    and bundled, and answers as it does in PyTorch."""
+    folder = _checkpoint(taught, tmp_path / "generic", None)
+    table = ", ".join(f'LABEL_{j} = "{DATA_LABELS[i]}"' for j, i in enumerate(ORDER))
+    recipe = tmp_path / "export-only.toml"
+    recipe.write_text(
+        f'extends = "clinc"\n[teacher]\nlabel_map = {{{table}}}\n[distill]\nstudent = "teacher"\n'
+    )
+    overrides = _tiny_overrides(tmp_path, Path(taught.splits.source), folder) | {
+        "package.name": "export-only"
+    }
+    bundle = build(load_recipe(str(recipe), overrides))
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["teacher"]["fine_tuned_here"] is False and m["teacher"]["label_map"] is not None
+    assert m["distillation"]["student"] == "teacher" and "export-only" in m["distillation"]["skipped"]
+    assert "search" not in m["distillation"] and m["pruning"] is None
+    assert m["model"]["layers"] == 3 and m["model"]["architecture"] == "roberta"
+    fused = m["optimization"]
+    expected = {"Attention": 3, "SkipLayerNormalization": 6, "Gelu": 3}
+    assert fused["complete"] and {k: fused["fused_operators"][k] for k in expected} == expected
+    assert m["quantization"]["op_counts"].get("QAttention") == 3
+    clf = Classifier.load(bundle, threads=1)
+    assert clf.labels == [DATA_LABELS[i] for i in ORDER]
+    texts = taught.splits.texts["train"]
+    logits = predict_logits(models.load_classifier(folder), models.load_tokenizer(folder), texts, MAX_LENGTH)
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    ranked = np.sort(probs, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] > 0.02
+    expected_labels = [clf.labels[i] for i, c in zip(logits.argmax(axis=1), clear, strict=True) if c]
+    got = [p.top_k[0][0] for p, c in zip(clf.predict_batch(texts), clear, strict=True) if c]
+    assert len(expected_labels) >= 10 and len(set(expected_labels)) >= 2 and got == expected_labels
+
+
+def test_export_only_flag(tiny_recipe: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["build", "--recipe", str(tiny_recipe), "--export-only", "--name", "export-only-bundle"]
+    )
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "bundles" / "export-only-bundle" / "manifest.json").read_text())
+    assert m["recipe"]["distill"]["student"] == "teacher" and m["distillation"]["student"] == "teacher"
+    assert m["teacher"]["fine_tuned_here"] is True  # a base model is fine-tuned first, then exported as it is
+    assert m["model"]["layers"] == m["teacher"]["layers"] == 2
+    assert "export-only" in m["distillation"]["skipped"] and m["optimization"]["complete"]
+    assert m["pruning"] is None  # the export-only path prunes only when the recipe asks
+
+
+def test_export_only_prunes_the_teacher_when_asked(tmp_path: Path, tiny_data: Path, tiny_model: Path) -> None:
+    overrides = _tiny_overrides(tmp_path, tiny_data, tiny_model) | {
+        "distill.student": "teacher",
+        "prune.ffn_fraction": 0.5,
+        "prune.multiple_of": 16,
+    }
+    m = json.loads((build(load_recipe("clinc", overrides)) / "manifest.json").read_text())
+    pruning = m["pruning"]
+    assert pruning["before"]["layers"] == m["teacher"]["layers"] == 2
+    assert pruning["before"]["intermediate_size"] == [64, 64] and pruning["after"]["intermediate_size"] == [
+        32,
+        32,
+    ]
+    assert pruning["recovery"]["epochs"] == 1.0 and m["model"]["layers"] == 2
