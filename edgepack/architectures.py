@@ -62,6 +62,7 @@ class Family:
     fuses_embeddings: bool = True  # whether ORT fuses the embeddings into EmbedLayerNormalization
     positions_after_padding: bool = False  # RoBERTa: position ids start at pad_token_id + 1
     ort_model_type: str = "bert"  # onnxruntime.transformers.optimizer's model_type
+    layers_key: str = "num_hidden_layers"  # the config.json key of the encoder's layer count
 
     def expected_fusions(self, num_layers: int) -> dict[str, int]:
         """What ORT's optimizer makes of a `num_layers`-layer encoder of this family."""
@@ -123,6 +124,7 @@ FAMILIES = (
         ),
         token_type_ids=False,
         export_attention="sdpa",
+        layers_key="n_layers",
     ),
     ROBERTA,
     replace(ROBERTA, name="XLM-R", model_types=("xlm-roberta",)),  # RoBERTa's graph, another vocabulary
@@ -133,6 +135,15 @@ SUPPORTED = ", ".join(f"{f.name} ({'/'.join(f.model_types)})" for f in FAMILIES)
 def family_of(model_type: str) -> Family | None:
     """The family of a config's model_type, None for one edgepack does not know."""
     return next((f for f in FAMILIES if model_type in f.model_types), None)
+
+
+def config_layers(config: dict[str, Any]) -> int | None:
+    """The encoder's layer count in a config.json's values (under its family's key), None for a family edgepack
+    does not know."""
+    family = family_of(str(config.get("model_type", "")))
+    if family is None or not isinstance(config.get(family.layers_key), int):
+        return None
+    return int(config[family.layers_key])
 
 
 def require(model: Any, needed_by: str, instead: str) -> Family:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import math
 import shutil
@@ -28,7 +29,16 @@ from edgepack import architectures, models
 from edgepack import study as shared_study
 from edgepack.cache import Cache, cache_key, hash_folder
 from edgepack.errors import StageError
-from edgepack.recipe import EXPORT_ONLY, DistillConfig, SearchConfig
+from edgepack.recipe import (
+    AUTO_LAYERS,
+    AUTO_LAYERS_RULE,
+    EXPORT_ONLY,
+    DistillConfig,
+    PruneConfig,
+    SearchConfig,
+    auto_layers,
+    check_student_depth,
+)
 from edgepack.training import (
     DistillResult,
     HiddenStateTarget,
@@ -60,6 +70,42 @@ def student_from_teacher_layers(teacher: Any, layers: list[int]) -> Any:
     family.set_encoder_layers(student, [copy.deepcopy(blocks[i]) for i in layers])
     student.config.num_hidden_layers = len(layers)  # DistilBERT's n_layers through its attribute_map
     return student
+
+
+def teacher_depth(model_dir: Path) -> int:
+    """The teacher's encoder layer count, from its config.json (where its family keeps it)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StageError(f"distill: cannot read the teacher's config.json in {model_dir}: {exc}.") from None
+    depth = architectures.config_layers(config) if isinstance(config, dict) else None
+    if depth is None:
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        raise StageError(
+            f'[distill] layers = "{AUTO_LAYERS}" needs a teacher of a known encoder family '
+            f"({architectures.SUPPORTED}); {model_dir} is model_type {model_type!r}. Set [distill] student to a "
+            f'model id or folder, or to "{EXPORT_ONLY}" (export the teacher itself).'
+        )
+    return depth
+
+
+def resolve_layers(config: DistillConfig, model_dir: Path) -> DistillConfig:
+    """`config` with `layers = "auto"` replaced by the teacher layers auto_layers keeps of the teacher in
+    `model_dir`; any other config unchanged."""
+    if config.student != "teacher-layers" or config.layers != AUTO_LAYERS:
+        return config
+    depth = teacher_depth(model_dir)
+    layers = auto_layers(depth)
+    log.info("distill: layers = %r: %s of the teacher's %d layers", AUTO_LAYERS, layers, depth)
+    return replace(config, layers=layers)
+
+
+def check_depth(config: DistillConfig, prune: PruneConfig, teacher_model: str) -> None:
+    """The recipe's check of the `[prune]` layer knobs against the student's depth, for `layers = "auto"`: the
+    depth is known once the teacher's config is read (a recipe reads only a local folder's), before any
+    training. Same message as the recipe's."""
+    if config.student == "teacher-layers" and config.layers == AUTO_LAYERS:
+        check_student_depth(config, prune, teacher_depth(models.resolve_model(teacher_model)))
 
 
 class _ReportToTrial(TrainerCallback):
@@ -110,7 +156,7 @@ class _Distiller:
 
     def new_student(self) -> Any:
         if self.config.student == "teacher-layers":
-            return student_from_teacher_layers(self.teacher_model, self.config.layers)
+            return student_from_teacher_layers(self.teacher_model, self.config.layer_list)
         return models.load_classifier(self.student_dir, self.splits.labels)
 
     def validation_score(self, model: Any) -> float:
@@ -121,7 +167,7 @@ class _Distiller:
     ) -> Any:
         hidden = None
         if config.hidden_weight > 0:
-            hidden = HiddenStateTarget(self.teacher_model, config.layers, config.hidden_weight)
+            hidden = HiddenStateTarget(self.teacher_model, config.layer_list, config.hidden_weight)
         with seeded(config.seed):  # a new student's head, dropout, shuffling
             return train_student(self.new_student(), self.tokenizer, train, config, out, callbacks, hidden)
 
@@ -243,6 +289,13 @@ def run(
     """
     if config.student == EXPORT_ONLY:
         return _teacher_itself(teacher, config)
+    auto: dict[str, Any] = {}  # how "auto" layers were chosen: the record's only trace of it
+    if config.student == "teacher-layers" and config.layers == AUTO_LAYERS:
+        auto = {
+            "layers_rule": f"{AUTO_LAYERS} (N = teacher_layers): {AUTO_LAYERS_RULE}",
+            "teacher_layers": teacher_depth(teacher.model_dir),
+        }
+    config = resolve_layers(config, teacher.model_dir)  # "auto" is keyed, trained and recorded as its list
     searched = asdict(search)
     del searched["heartbeat_seconds"]  # how workers keep in touch, not what they learn: out of the key
     parts: list[Any] = [teacher.record["cache_key"], _key_settings(config), searched, max_length]
@@ -252,13 +305,13 @@ def run(
     folder = cache.folder("student", key)
     if search.storage is None and cache.is_complete(folder):
         log.info("distill: reusing cached student %s", folder)
-        record = cache.record(folder)
+        record = cache.record(folder) | auto
         return DistillResult(folder / "model", DistillConfig(**record["settings"]), record | {"cached": True})
     cache.start(folder)
     result = _distill(teacher, config, search, max_length, folder / "model", transfer)
-    cache.finish(folder, result.record | {"cache_key": key})
+    cache.finish(folder, result.record | {"cache_key": key})  # the same entry for "auto" and its list
     return DistillResult(
-        result.model_dir, result.settings, result.record | {"cache_key": key, "cached": False}
+        result.model_dir, result.settings, result.record | auto | {"cache_key": key, "cached": False}
     )
 
 

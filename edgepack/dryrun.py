@@ -12,7 +12,7 @@ from typing import Any
 
 from edgepack import data, lengths, models, oos
 from edgepack.errors import ModelSourceError
-from edgepack.recipe import EXPORT_ONLY, Recipe
+from edgepack.recipe import AUTO_LAYERS, AUTO_LAYERS_RULE, EXPORT_ONLY, Recipe
 
 
 def toml(values: dict[str, Any]) -> str:
@@ -106,6 +106,8 @@ def _stages(recipe: Recipe, teacher: str, rejection: dict[str, Any]) -> list[str
         student = recipe.distill.student
         if student == "teacher-layers":
             student = f"the teacher's layers {recipe.distill.layers}"
+            if recipe.distill.layers == AUTO_LAYERS:
+                student = f'the teacher\'s layers "{AUTO_LAYERS}" (of its N layers, {AUTO_LAYERS_RULE})'
         search = f"{recipe.search.trials} Optuna trials, then " if recipe.search.trials else ""
         distill = f"{search}a student from {student}"
     out = Path(recipe.package.output_dir) / recipe.package.name

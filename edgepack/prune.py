@@ -354,7 +354,7 @@ def _hidden_target(
             f"prune: recovery_hidden_weight = {weight} needs a student made of the teacher's layers "
             f'([distill] student = "teacher-layers"); set it to 0.'
         )
-    layer_map = [t for i, t in enumerate(settings.layers) if i not in dropped]
+    layer_map = [t for i, t in enumerate(settings.layer_list) if i not in dropped]  # "auto": distill's list
     return HiddenStateTarget(models.load_classifier(teacher.model_dir), layer_map, weight)
 
 

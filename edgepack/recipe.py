@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import re
 import tomllib
 import types
@@ -69,6 +70,24 @@ class DataConfig:
 
 FINE_TUNE = ("auto", "always")
 EXPORT_ONLY = "teacher"  # the [distill] student of the export-only path: the teacher itself is bundled
+AUTO_LAYERS = "auto"  # [distill] layers chosen from the teacher's depth (auto_layers)
+AUTO_LAYERS_RULE = "k = max(1, round(2N/3)): the first, the last and the rest evenly spaced (rounded up)"
+
+
+def auto_layers(num_layers: int) -> list[int]:
+    """The teacher layers `[distill] layers = "auto"` keeps of a `num_layers`-layer teacher (N): about two thirds,
+    k = max(1, round(2N/3)), always the first (it reads the embeddings) and the last (it feeds the head), the
+    others at evenly spaced positions i(N-1)/(k-1) rounded up; a one-layer student keeps the first.
+
+    6 -> [0, 2, 4, 5] (the default recipe's measured choice), 12 -> [0, 2, 4, 5, 7, 8, 10, 11], 3 -> [0, 2],
+    2 or 1 -> [0].
+    """
+    if num_layers < 1:
+        raise ValueError(f"a teacher has at least one layer, got {num_layers}")
+    keep = max(1, round(2 * num_layers / 3))
+    if keep == 1:
+        return [0]
+    return [-(-i * (num_layers - 1) // (keep - 1)) for i in range(keep)]  # ceil in integers
 
 
 @dataclass
@@ -116,9 +135,9 @@ class DistillConfig:
     # "teacher-layers" (a subset of the teacher's layers), a model id/path, or "teacher": export-only, no
     # student (the teacher itself is exported, fused, quantized and bundled; [search] is not run)
     student: str = "teacher-layers"
-    layers: list[int] = field(
-        default_factory=lambda: [0, 2, 4]
-    )  # teacher layers kept when student="teacher-layers"
+    # teacher layers kept when student="teacher-layers", or "auto": chosen from the teacher's depth when the
+    # distill stage reads it (auto_layers); the stage passes on the resolved list
+    layers: list[int] | str = field(default_factory=lambda: [0, 2, 4])
     alpha: float = 0.5
     temperature: float = 4.0
     epochs: float = 6.0
@@ -144,16 +163,32 @@ class DistillConfig:
             0 < self.learning_rate < 1, "distill", "learning_rate", self.learning_rate, "a number in (0, 1)"
         )
         check(self.batch_size >= 1, "distill", "batch_size", self.batch_size, "an integer >= 1")
+        expected = (
+            f'a non-empty list of distinct teacher layer indices, or "{AUTO_LAYERS}" (about two thirds of the '
+            "teacher's layers, the first and the last among them)"
+        )
+        if isinstance(self.layers, str):
+            check(self.layers == AUTO_LAYERS, "distill", "layers", self.layers, expected)
         if self.student == "teacher-layers":
-            ok = (
-                bool(self.layers)
-                and all(i >= 0 for i in self.layers)
-                and len(set(self.layers)) == len(self.layers)
-            )
-            check(ok, "distill", "layers", self.layers, "a non-empty list of distinct teacher layer indices")
+            if isinstance(self.layers, list):
+                ok = (
+                    bool(self.layers)
+                    and all(i >= 0 for i in self.layers)
+                    and len(set(self.layers)) == len(self.layers)
+                )
+                check(ok, "distill", "layers", self.layers, expected)
         else:
             expected = '0: a student not made of the teacher\'s layers has no layer to match (student = "teacher-layers")'
             check(self.hidden_weight == 0, "distill", "hidden_weight", self.hidden_weight, expected)
+
+    @property
+    def layer_list(self) -> list[int]:
+        """The teacher layers kept, as a list: `"auto"` must have been resolved (edgepack.distill.resolve_layers)."""
+        if isinstance(self.layers, str):
+            raise ValueError(
+                f'[distill] layers = "{self.layers}" is resolved from the teacher by the distill stage'
+            )
+        return self.layers
 
 
 AUGMENT_STAGES = ("distill", "prune")
@@ -472,8 +507,10 @@ class Recipe:
         )  # the target's preset where [quantize] is silent
         if self.threads is not None:
             check(self.threads >= 1, "recipe", "threads", self.threads, "an integer >= 1")
-        if self.distill.student == "teacher-layers":  # the student's depth is known before any training
-            self.prune.check_layers(len(self.distill.layers), f"[distill] layers = {self.distill.layers}")
+        # The student's depth is known before any training: from the list, or ("auto") from a local teacher's
+        # config.json; any other teacher's is read after the data stage (edgepack.distill.check_depth).
+        auto = self.distill.layers == AUTO_LAYERS
+        check_student_depth(self.distill, self.prune, _local_depth(self.teacher.model) if auto else None)
         if self.package.name == AUTO_NAME:
             self.package.name = bundle_name(self.data.source)
 
@@ -484,6 +521,34 @@ class Recipe:
 
             plain["search"]["storage"] = redact_url(self.search.storage)
         return plain
+
+
+def check_student_depth(distill: DistillConfig, prune: PruneConfig, teacher_layers: int | None) -> None:
+    """Refuse `[prune]` layer knobs that would remove every layer of a student made of the teacher's layers.
+    `teacher_layers`: the teacher's depth, which `layers = "auto"` needs (None: not known yet, nothing checked)."""
+    if distill.student != "teacher-layers":
+        return
+    if isinstance(distill.layers, list):
+        prune.check_layers(len(distill.layers), f"[distill] layers = {distill.layers}")
+    elif teacher_layers is not None:
+        layers = auto_layers(teacher_layers)
+        where = f'[distill] layers = "{AUTO_LAYERS}": {layers} of the teacher\'s {teacher_layers} layers'
+        prune.check_layers(len(layers), where)
+
+
+def _local_depth(model: str) -> int | None:
+    """The layer count of a teacher in a local folder, from its config.json; None for any other teacher (a Hub
+    id, a package) or a family edgepack does not know: the distill stage reads those."""
+    config = Path(model).expanduser() / "config.json"
+    try:
+        values = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(values, dict):
+        return None
+    from edgepack.architectures import config_layers  # torch: only for "auto" layers and a local teacher
+
+    return config_layers(values)
 
 
 def _plain(value: Any) -> Any:

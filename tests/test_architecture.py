@@ -70,3 +70,18 @@ def test_building_never_imports_measuring(graph: dict[str, set[str]]) -> None:
 
 def test_targets_is_a_leaf(graph: dict[str, set[str]]) -> None:
     assert graph["edgepack.targets"] <= {"edgepack.errors"}
+
+
+def test_python_api_is_the_pipeline_and_importing_edgepack_stays_light() -> None:
+    import subprocess
+    import sys
+
+    import edgepack
+    from edgepack import pipeline, recipe
+
+    assert edgepack.build is pipeline.build and edgepack.load_recipe is recipe.load_recipe
+    probe = "import sys, edgepack; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+        == "False"
+    )

@@ -52,7 +52,6 @@ def _tiny_budget(tmp: Path, model: Path) -> list[str]:
         "teacher.epochs": "4",
         "teacher.learning_rate": "1e-3",
         "teacher.batch_size": "8",
-        "distill.layers": "[0]",
         "distill.epochs": "2",
         "distill.learning_rate": "1e-3",
         "distill.batch_size": "8",
@@ -85,6 +84,7 @@ def test_one_command_builds_with_the_generic_recipe(built: tuple[Path, Path]) ->
     m = _manifest(bundle)
     assert m["name"] == "intents-int8", "named after the data folder"
     assert m["recipe"]["name"] == "generic" and m["recipe"]["data"]["max_length"] == "auto"
+    assert m["recipe"]["distill"]["layers"] == "auto" and m["distillation"]["layers"] == [0]  # of 2 layers
     assert json.loads((bundle / "labels.json").read_text()) == NAMES, "integer labels named by labels.txt"
     assert m["data"]["label_names"]["from"].endswith("labels.txt")
     assert m["oos"] is None and "answers by argmax" in m["oos_detection"]["why"]
@@ -201,6 +201,7 @@ def test_dry_run_summarises_and_writes_nothing(intents: Path, tiny_model: Path, 
     assert "labels: 4 (0, 1, 2, 3)" in text, "integer labels without a labels.txt stay the numbers"
     assert "balance (train): largest class" in text and "texts it would truncate: train 0" in text
     assert "less trustworthy" in text and "Stages that would run:" in text and "package   " in text
+    assert 'layers = "auto"' in text and 'the teacher\'s layers "auto" (of its N layers, k = max(1' in text
     assert not out.exists() and not (tmp_path / "cache").exists(), "a dry run writes nothing"
     result = _build(*args[:-2], "--teacher", str(tmp_path / "no-model"), "--dry-run")
     assert result.exit_code == 0, result.output

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from edgepack.distill import _key_settings, student_from_teacher_layers
+from edgepack.cache import cache_key
+from edgepack.distill import _key_settings, resolve_layers, student_from_teacher_layers, teacher_depth
 from edgepack.errors import RecipeError, StageError
 from edgepack.models import load_classifier
-from edgepack.recipe import DistillConfig
+from edgepack.recipe import DistillConfig, auto_layers, load_recipe
 from edgepack.training import distillation_loss, hidden_state_loss
 
 
@@ -83,3 +85,67 @@ def test_distillation_with_the_hidden_state_loss(tmp_path: Path, tiny_data: Path
     manifest = json.loads((build(load_recipe("clinc", overrides)) / "manifest.json").read_text())
     assert manifest["distillation"]["settings"]["hidden_weight"] == 1.0
     assert manifest["pruning"]["recovery"]["hidden_weight"] == 1.0  # the recovery uses the same losses
+
+
+@pytest.mark.parametrize(
+    ("depth", "expected"),
+    [
+        (1, [0]),
+        (2, [0]),  # one layer kept: the first
+        (3, [0, 2]),
+        (4, [0, 2, 3]),
+        (6, [0, 2, 4, 5]),  # the default recipe's measured choice for its 6-layer teacher
+        (12, [0, 2, 4, 5, 7, 8, 10, 11]),
+    ],
+)
+def test_auto_layers_keep_about_two_thirds(depth: int, expected: list[int]) -> None:
+    assert auto_layers(depth) == expected
+
+
+def test_auto_layers_keep_the_first_and_the_last_evenly_spaced() -> None:
+    for depth in range(1, 49):
+        layers = auto_layers(depth)
+        keep = max(1, round(2 * depth / 3))
+        assert len(layers) == keep and layers[0] == 0 and layers == sorted(set(layers)), depth
+        assert keep == 1 or layers[-1] == depth - 1, depth
+        gaps = {b - a for a, b in itertools.pairwise(layers)}
+        assert not gaps or max(gaps) - min(gaps) <= 1, f"{depth}: gaps {gaps} are not even"
+    with pytest.raises(ValueError, match="at least one layer"):
+        auto_layers(0)
+
+
+def _config_only(folder: Path, values: dict) -> Path:
+    """A folder with nothing but a config.json: all that resolving "auto" reads."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(values))
+    return folder
+
+
+def test_auto_layers_resolve_to_the_cache_key_of_their_list(tmp_path: Path) -> None:
+    bert12 = _config_only(tmp_path / "bert12", {"model_type": "bert", "num_hidden_layers": 12})
+    distilbert6 = _config_only(tmp_path / "distilbert6", {"model_type": "distilbert", "n_layers": 6})
+    assert teacher_depth(bert12) == 12 and teacher_depth(distilbert6) == 6
+    twelve = resolve_layers(DistillConfig(layers="auto", alpha=0.3), bert12)
+    assert twelve == DistillConfig(layers=[0, 2, 4, 5, 7, 8, 10, 11], alpha=0.3)
+    assert _key_settings(twelve) == _key_settings(DistillConfig(layers=[0, 2, 4, 5, 7, 8, 10, 11], alpha=0.3))
+    generic = load_recipe("generic", {"data.source": "x"}).distill
+    clinc = load_recipe("clinc").distill
+    assert generic.layers == "auto" and clinc.layers == [0, 2, 4, 5]
+    six = resolve_layers(generic, distilbert6)
+    assert six == clinc
+    # The key students were cached under before "auto" existed (the generic recipe's explicit [0, 2, 4, 5]):
+    assert cache_key(_key_settings(six)) == cache_key(_key_settings(clinc)) == "af3c6c9dba1c6331"
+    explicit = DistillConfig(layers=[1])
+    assert resolve_layers(explicit, bert12) is explicit, "an explicit list is used as it is"
+    with pytest.raises(ValueError, match="resolved from the teacher"):
+        _ = DistillConfig(layers="auto").layer_list
+
+
+def test_a_bad_layers_string_is_refused() -> None:
+    expected = r"\[distill\] layers = 'all' is invalid: expected a non-empty list of .* or \"auto\""
+    with pytest.raises(RecipeError, match=expected):
+        DistillConfig(layers="all")
+    with pytest.raises(RecipeError, match=expected):
+        DistillConfig(student="some/checkpoint", layers="all")
+    with pytest.raises(RecipeError, match=expected):
+        load_recipe("generic", {"data.source": "x", "distill.layers": "all"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ import torch
 from edgepack_runtime import Classifier
 from test_pipeline import _tiny_overrides
 
-from edgepack import architectures, export, graphs, models, optimize, prune, quantize, teacher
+from edgepack import architectures, distill, export, graphs, models, optimize, prune, quantize, teacher
 from edgepack.cache import Cache
 from edgepack.data import load_splits
+from edgepack.data import run as data_stage
 from edgepack.distill import student_from_teacher_layers
 from edgepack.errors import StageError
 from edgepack.pipeline import build
@@ -254,6 +256,47 @@ def test_an_unknown_family_is_refused_where_its_structure_is_needed(tiny_electra
         student_from_teacher_layers(model, [0])
     with pytest.raises(StageError, match=r"prune: structured pruning needs .*BERT \(bert\), DistilBERT"):
         prune.shape(model)
+    with pytest.raises(StageError, match=r"layers = \"auto\" needs a teacher of a known .*'electra'"):
+        distill.teacher_depth(tiny_electra)
+
+
+@pytest.mark.parametrize(("family", "depth", "kept"), [("bert", 2, [0]), ("distilbert", 3, [0, 2])])
+def test_auto_layers_come_from_the_teacher_depth(
+    tmp_path: Path,
+    tiny_data: Path,
+    tiny_model: Path,
+    tiny_family_model: Callable[[str], Path],
+    family: str,
+    depth: int,
+    kept: list[int],
+) -> None:
+    """The generic recipe's layers = "auto" on a 2-layer BERT and a 3-layer DistilBERT teacher: the resolved
+    list is what is trained, recorded, matched by the hidden-state loss (and pruning's recovery) and keyed:
+    the same list asked for explicitly is the same cached student."""
+    model = tiny_model if family == "bert" else tiny_family_model(family)
+    overrides = _family_overrides(tmp_path, tiny_data, model) | {"teacher.epochs": 2, "distill.epochs": 1}
+    del overrides["distill.layers"]
+    dropped = [0] if len(kept) > 1 else []  # the recovery then matches student layer 0 to teacher layer 2
+    overrides |= {"distill.hidden_weight": 1.0, "prune.drop_layers": dropped, "prune.recovery_epochs": 1}
+    recipe = load_recipe("generic", overrides)
+    assert recipe.distill.layers == "auto"
+    m = json.loads((build(recipe) / "manifest.json").read_text())
+    assert m["recipe"]["distill"]["layers"] == "auto"
+    record = m["distillation"]
+    assert record["layers"] == kept and record["settings"]["layers"] == kept
+    assert record["teacher_layers"] == depth and "round(2N/3)" in record["layers_rule"]
+    assert m["teacher"]["layers"] == depth
+    if dropped:
+        assert m["pruning"]["layers"]["dropped"] == [0] and m["pruning"]["recovery"]["hidden_weight"] == 1.0
+    assert m["model"]["layers"] == len(kept) - len(dropped)
+    splits, max_length = data_stage(recipe.data, recipe.teacher.model)
+    cache = Cache(recipe.cache_dir)
+    taught = teacher.run(splits, recipe.teacher, max_length, cache)
+    assert taught.record["cached"] is True
+    explicit = replace(recipe.distill, layers=kept)
+    again = distill.run(taught, explicit, recipe.search, max_length, cache)
+    assert again.record["cached"] is True and again.record["cache_key"] == record["cache_key"]
+    assert "layers_rule" not in again.record and again.settings.layers == kept
 
 
 @pytest.mark.parametrize("family", ["distilbert", "roberta"])

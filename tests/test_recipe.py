@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ def test_overrides_reach_nested_values() -> None:
         ({"search.alpha": [0.9, 0.1]}, r"\[search\] alpha = \[0.9, 0.1\] is invalid"),
         ({"package.name": "../evil"}, r"\[package\] name = '../evil' is invalid"),
         ({"distill.layers": [0, 0]}, r"\[distill\] layers = \[0, 0\] is invalid"),
+        ({"distill.layers": "half"}, r"\[distill\] layers = 'half' is invalid: expected .*, or \"auto\""),
         ({"data.max_length": 4096}, r"\[data\] max_length = 4096 is invalid"),
     ],
 )
@@ -181,3 +183,22 @@ def test_bundle_names_come_from_the_data(tmp_path: Path) -> None:
 def test_bad_data_and_rejection_values(overrides: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
         load_recipe("clinc", overrides)
+
+
+def test_auto_layers_are_checked_against_the_teacher_depth(tiny_family_model: Callable[[str], Path]) -> None:
+    """A local teacher's depth is read with the recipe; any other teacher's once the data stage has it
+    (edgepack.distill.check_depth), with the same message. The 3-layer teacher gives a 2-layer student."""
+    from edgepack import distill
+
+    teacher = str(tiny_family_model("distilbert"))
+    base = {"data.source": "x", "teacher.model": teacher}
+    where = r"\(\[distill\] layers = \"auto\": \[0, 2\] of the teacher's 3 layers\)"
+    dropped = rf"drop_layers = \[0, 1\] is invalid: expected indices of the student's 2 layers .*{where}"
+    with pytest.raises(RecipeError, match=dropped):
+        load_recipe("generic", base | {"prune.drop_layers": [0, 1]})
+    assert load_recipe("generic", base | {"prune.keep_layers": 2}).prune.keep_layers == 2
+    hub = load_recipe("generic", {"data.source": "x", "teacher.model": "org/model", "prune.keep_layers": 3})
+    kept = rf"keep_layers = 3 is invalid: expected at most the student's 2 layers {where}"
+    with pytest.raises(RecipeError, match=kept):
+        distill.check_depth(hub.distill, hub.prune, teacher)
+    distill.check_depth(load_recipe("clinc").distill, hub.prune, "org/model")  # a list: no teacher is read
