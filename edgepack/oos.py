@@ -196,6 +196,17 @@ def figures(pred: np.ndarray, gold: np.ndarray, oos_id: int) -> dict[str, float 
     return out | {"balanced": (out["in_scope_accuracy"] + out["oos_recall"]) / 2}  # type: ignore[operator]
 
 
+_OOS_LIKE = ("oos", "out_of_scope", "out-of-scope", "outofscope", "none", "other", "unknown")
+
+
+def _oos_hint(labels: list[str]) -> str:
+    """A pointer to --oos-label when one of the data's classes looks like an out-of-scope class."""
+    named = [label for label in labels if label.lower() in _OOS_LIKE]
+    if not named:
+        return ""
+    return f" (its class {named[0]!r} is learnt as an ordinary class; if it means out of scope: --oos-label {named[0]})"
+
+
 def plan(splits: LabelledSplits, rule: str | float | None, rejection_label: str | None) -> dict[str, Any]:
     """What the oos stage will do with these splits: the label rejected texts get, whether it is added to
     the data's labels, and why. Raises DataError, before any training, for a plan that cannot work."""
@@ -218,7 +229,7 @@ def plan(splits: LabelledSplits, rule: str | float | None, rejection_label: str 
     if rejection_label is None or rule is None:
         why = (
             "the data has no out-of-scope class ([data] oos_label is unset) and [evaluate] rejection_label is "
-            "unset: the bundle answers by argmax"
+            "unset: the bundle answers by argmax" + _oos_hint(splits.labels)
             if rejection_label is None
             else "[evaluate] oos_threshold is none: the bundle answers by argmax"
         )

@@ -172,6 +172,11 @@ def test_the_plan_for_data_without_an_oos_class() -> None:
     plain = _splits(["a", "b"], None, [0, 1])
     planned = oos.plan(plain, "reject:0.02", None)
     assert planned["label"] is None and "answers by argmax" in planned["why"]
+    assert "--oos-label" not in planned["why"]
+    named = oos.plan(_splits(["a", "OOS"], None, [0, 1]), "reject:0.02", None)["why"]
+    assert named.endswith(
+        "its class 'OOS' is learnt as an ordinary class; if it means out of scope: --oos-label OOS)"
+    )
     planned = oos.plan(plain, "reject:0.02", "unsure")
     assert planned == {"label": "unsure", "added": True, "why": planned["why"]}
     assert oos.plan(plain, None, "unsure")["label"] is None, "no rule, nothing rejected"
