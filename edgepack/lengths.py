@@ -98,11 +98,17 @@ def measure(
     log.info("data: max_length %d (%s)", value, rule)
     if any(truncated.values()):
         shown = ", ".join(f"{n} of {len(lengths[s])} {s}" for s, n in truncated.items())
+        # "auto" already keeps 99% of the training texts whole: only a fixed, larger value keeps more.
+        fix = (
+            "set [data] max_length to a number"
+            if setting == AUTO
+            else 'raise [data] max_length or set "auto"'
+        )
         log.warning(
-            "data: max_length %d truncates %s texts (their end is not seen); raise [data] max_length "
-            '(up to %d) or set it to "auto" to keep more',
+            "data: max_length %d truncates %s texts (their end is not seen); to keep more, %s (up to %d)",
             value,
             shown,
+            fix,
             limit,
         )
     return value, record

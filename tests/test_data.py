@@ -265,8 +265,12 @@ def test_max_length_auto_and_truncation_counts(
     assert splits.record["truncated"] == {s: int((v > max_length).sum()) for s, v in lengths.items()}
     assert splits.record["truncated"]["test"] == 1, "the 42-token test text is cut"
     with caplog.at_level(logging.WARNING):
+        data.run(config, str(tiny_model))
+    assert "to keep more, set [data] max_length to a number" in caplog.text, "auto: a number keeps more"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
         _, fixed = data.run(dataclasses.replace(config, max_length=8), str(tiny_model))
-    assert fixed == 8 and "max_length 8 truncates" in caplog.text
+    assert fixed == 8 and "max_length 8 truncates" in caplog.text and 'or set "auto"' in caplog.text
     with pytest.raises(RecipeError, match=r"max_length = 128 is more than the teacher serves \(64 tokens\)"):
         data.run(dataclasses.replace(config, max_length=128), str(tiny_model))
 
