@@ -26,11 +26,8 @@ import asyncio
 import json
 import os
 import platform
-import queue
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -40,6 +37,7 @@ import numpy as np
 from edgepack_runtime import Classifier, bench
 from edgepack_runtime.classifier import feeds
 from edgepack_runtime.data import load_labeled
+from edgepack_runtime.serve_process import RunningServer, ServerStartError, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -51,48 +49,17 @@ DATA = ROOT.parent / "shared" / "data" / "clinc150"
 # -- the server -----------------------------------------------------------------------------------------------
 
 
-class ServerProcess:
-    def __init__(self, bundle: Path, threads: int, workers: int, start_timeout: float) -> None:
-        command = [sys.executable, "-m", "edgepack_runtime.cli", "serve", str(bundle), "--port", "0"]
-        command += ["--threads", str(threads), "--workers", str(workers), "--max-texts", "64"]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        self.log: list[str] = []
-        lines: queue.Queue[str] = queue.Queue()
-
-        def read() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                self.log.append(line)
-                lines.put(line)
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + start_timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                self.process.kill()
-                raise SystemExit(f"the server did not start: {''.join(self.log)}") from None
-            if " on http://" in line:
-                self.host, port = line.split(" on http://", 1)[1].split()[0].rsplit(":", 1)
-                self.port = int(port)
-                return
-
-    def rss_mb(self) -> float:
-        """Resident memory of the server and its worker processes, MB (Linux /proc)."""
-        pids, total = [self.process.pid], 0
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
-        for pid in pids:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        return total / 1024
-
-    def stop(self) -> int:
-        self.process.terminate()
-        return self.process.wait(timeout=60)
+def rss_mb(pid: int) -> float:
+    """Resident memory of the server process `pid` and its worker processes, MB (Linux /proc)."""
+    pids, total = [pid], 0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for one in pids:
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 # -- the clients ----------------------------------------------------------------------------------------------
@@ -115,7 +82,7 @@ async def _exchange(
 
 
 async def _client(
-    server: ServerProcess,
+    server: RunningServer,
     work: asyncio.Queue[tuple[str, str]],
     stop_at: float,
     latencies: list[float],
@@ -150,7 +117,7 @@ async def _client(
 
 
 async def _level(
-    server: ServerProcess,
+    server: RunningServer,
     queries: list[tuple[str, str]],
     clients: int,
     requests: int,
@@ -187,16 +154,16 @@ async def _level(
 def load_test(args: argparse.Namespace, clf: Classifier, texts: list[str]) -> dict[str, Any]:
     distinct = list(dict.fromkeys(texts))[: max(args.requests, 1)]
     queries = [(text, clf.predict(text).label) for text in distinct]
-    server = ServerProcess(args.bundle, args.server_threads, args.workers, args.start_timeout)
-    try:
+    options = ["--threads", str(args.server_threads), "--workers", str(args.workers), "--max-texts", "64"]
+    with running_server(args.bundle, *options, timeout=args.start_timeout) as server:
         asyncio.run(_level(server, queries, 4, 50, args.time_limit, args.timeout))  # warm-up, not reported
-        rss = [server.rss_mb()]
+        rss = [rss_mb(server.process.pid)]
         levels = []
         for clients in args.clients:
             level = asyncio.run(
                 _level(server, queries, clients, args.requests, args.time_limit, args.timeout)
             )
-            rss.append(server.rss_mb())
+            rss.append(rss_mb(server.process.pid))
             level["rss_after_mb"] = rss[-1]
             levels.append(level)
             print(
@@ -204,7 +171,6 @@ def load_test(args: argparse.Namespace, clf: Classifier, texts: list[str]) -> di
                 f"p99 {level['p99_ms']:.2f} ms, errors {level['errors']}, server RSS {rss[-1]:.1f} MB",
                 file=sys.stderr,
             )
-    finally:
         code = server.stop()
     return {
         "server": {"threads": args.server_threads, "workers": args.workers, "exit_code_on_sigterm": code},
@@ -369,7 +335,10 @@ def main() -> None:
     report: dict[str, Any] = {"bundle": args.bundle.name}
     if not args.skip_serve:
         print(f"load test of {args.bundle} ...", file=sys.stderr)
-        report["serve"] = load_test(args, Classifier.load(args.bundle, threads=1), texts)
+        try:
+            report["serve"] = load_test(args, Classifier.load(args.bundle, threads=1), texts)
+        except ServerStartError as err:
+            raise SystemExit(str(err)) from None
     if not args.skip_batch:
         print("batch throughput ...", file=sys.stderr)
         report["batch"] = batch_throughput(args, texts)

@@ -283,11 +283,9 @@ class _Reading:
     def __init__(self, bundle: Path, text_column: str, label_column: str, oos_label: str | None) -> None:
         import json
 
-        try:
-            manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            manifest = {}  # an unreadable bundle is refused when it is loaded
-        manifest = manifest if isinstance(manifest, dict) else {}
+        from edgepack.bench.contenders import read_manifest
+
+        manifest = read_manifest(bundle)
         self.built = manifest.get("data") if isinstance(manifest.get("data"), dict) else None
         oos = manifest.get("oos")
         try:  # a bundle without an out-of-scope rule may still have a class called oos
@@ -358,7 +356,7 @@ def _bundle_teacher(bundle: Path) -> str | None:
         return str(folder)
     if folder is not None:
         click.echo(
-            f"no teacher to compare with: the bundle's is not cached at {folder} (pass --teacher)", err=True
+            f"no teacher to compare with: the bundle's is not at {folder} any more (pass --teacher)", err=True
         )
     return None
 

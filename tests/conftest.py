@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_models import save_tiny_encoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,21 +84,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT base model (no classification head) with its own WordPiece tokenizer, as safetensors."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
+    tokenizer = BertTokenizerFast(tokenizer_object=_wordpiece(), **_WORDPIECE_SPECIAL)
     folder = tmp_path_factory.mktemp("tiny-bert")
-    tok = _wordpiece()
-    BertTokenizerFast(tokenizer_object=tok, **_WORDPIECE_SPECIAL).save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_tiny_encoder(folder, "bert", tokenizer, layers=2, heads=2, seed=None)  # unseeded, as ever
 
 
 CORPUS = [t for texts in INTENTS.values() for t in texts] + ["the quick brown fox jumps over the lazy dog"]
@@ -174,41 +165,15 @@ def _unigram() -> Any:
 
 def _save_family(folder: Path, family: str) -> None:
     """A 3-layer, 4-head (head size 8) base model of `family` with a tokenizer of its kind, as safetensors."""
-    import torch
     import transformers as tf
 
-    sizes = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 64}
     if family == "distilbert":
-        tok = _wordpiece()
-        tokenizer = tf.DistilBertTokenizerFast(tokenizer_object=tok, **_WORDPIECE_SPECIAL)
-        config: Any = tf.DistilBertConfig(
-            vocab_size=tok.get_vocab_size(),
-            dim=32,
-            n_layers=3,
-            n_heads=4,
-            hidden_dim=64,
-            max_position_embeddings=64,
-        )
-        model_class: Any = tf.DistilBertModel
-    else:  # RoBERTa's graph, in two tokenizer kinds; position ids start after the padding id (1)
+        tokenizer = tf.DistilBertTokenizerFast(tokenizer_object=_wordpiece(), **_WORDPIECE_SPECIAL)
+    else:  # RoBERTa's graph, in two tokenizer kinds
         roberta = family == "roberta"
-        tok = _byte_level_bpe() if roberta else _unigram()
         fast = tf.RobertaTokenizerFast if roberta else tf.XLMRobertaTokenizerFast
-        tokenizer = fast(tokenizer_object=tok, **_ROBERTA_SPECIAL)
-        config_class = tf.RobertaConfig if roberta else tf.XLMRobertaConfig
-        config = config_class(
-            vocab_size=tok.get_vocab_size(),
-            max_position_embeddings=66,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-            type_vocab_size=1,
-            **sizes,
-        )
-        model_class = tf.RobertaModel if roberta else tf.XLMRobertaModel
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    model_class(config).save_pretrained(folder, safe_serialization=True)
+        tokenizer = fast(tokenizer_object=_byte_level_bpe() if roberta else _unigram(), **_ROBERTA_SPECIAL)
+    save_tiny_encoder(folder, family, tokenizer, layers=3, heads=4)
 
 
 @pytest.fixture(scope="session")

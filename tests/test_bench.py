@@ -389,6 +389,17 @@ def test_bundle_teacher_reads_the_manifest_and_the_cache(tmp_path: Path) -> None
     assert bundle_teacher(bundle, root=tmp_path / "elsewhere") == (folder / "model", True)
     (bundle / "manifest.json").write_text(json.dumps({"teacher": {"cached": False}}))
     assert bundle_teacher(bundle) == (None, False)
+    # a checkpoint that kept its head is its own teacher, wherever the build found it
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "model.safetensors").touch()
+    kept = {"teacher": {"fine_tuned_here": False, "model": str(checkpoint)}, "recipe": {"cache_dir": "cache"}}
+    (bundle / "manifest.json").write_text(json.dumps(kept))
+    assert bundle_teacher(bundle) == (checkpoint, True)
+    kept["teacher"]["model"] = str(tmp_path / "moved")
+    (bundle / "manifest.json").write_text(json.dumps(kept))
+    assert bundle_teacher(bundle) == (tmp_path / "moved", False)
     assert bundle_teacher(tmp_path / "absent") == (None, False)
 
 

@@ -228,6 +228,13 @@ def test_export_only_bundles_the_checkpoint_itself(tmp_path: Path, taught: Teach
     expected_labels = [clf.labels[i] for i, c in zip(logits.argmax(axis=1), clear, strict=True) if c]
     got = [p.top_k[0][0] for p, c in zip(clf.predict_batch(texts), clear, strict=True) if c]
     assert len(expected_labels) >= 10 and len(set(expected_labels)) >= 2 and got == expected_labels
+    # edgepack bench compares with this checkpoint by default, its LABEL_N named by the recorded label_map
+    report = tmp_path / "bench.json"
+    args = ["bench", str(bundle), "--data", str(taught.splits.source), "--no-optimum-teacher", "--no-floor"]
+    result = CliRunner().invoke(main, [*args, "--runs", "2", "--warmup", "0", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    rows = {r["kind"]: r for r in json.loads(report.read_text())["contenders"]}
+    assert rows["teacher"]["path"] == str(folder) and rows["teacher"]["accuracy"] is not None
 
 
 def test_export_only_flag(tiny_recipe: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from edgepack_runtime import Classifier
 from test_pipeline import _tiny_overrides
+from tiny_models import save_tiny_encoder
 
 from edgepack import architectures, distill, export, graphs, models, optimize, prune, quantize, teacher
 from edgepack.cache import Cache
@@ -209,23 +210,8 @@ def test_structured_pruning_per_family(tmp_path: Path, taught: Any) -> None:
 @pytest.fixture(scope="module")
 def tiny_electra(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     """A family edgepack does not know (ELECTRA), with the tiny WordPiece tokenizer."""
-    from transformers import ElectraConfig, ElectraModel
-
     folder = tmp_path_factory.mktemp("tiny-electra")
-    tokenizer = models.load_tokenizer(tiny_model)
-    tokenizer.save_pretrained(folder)
-    config = ElectraConfig(
-        vocab_size=len(tokenizer),
-        embedding_size=32,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    ElectraModel(config).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_tiny_encoder(folder, "electra", models.load_tokenizer(tiny_model), layers=2, heads=2)
 
 
 def test_an_unknown_family_ships_unfused_with_a_warning(

@@ -13,6 +13,7 @@ import pytest
 import torch
 from edgepack_runtime import Classifier
 from edgepack_runtime.bundle import verify_bundle
+from tiny_models import save_tiny_encoder
 
 from edgepack import export, graphs, models, optimize, package, prune, quantize, teacher, vocab
 from edgepack.cache import Cache
@@ -37,21 +38,8 @@ MAX_LENGTH = 32
 @pytest.fixture(scope="module")
 def taught(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model: Path) -> TeacherResult:
     """A fine-tuned 3-layer, 4-head (head size 8) BERT on the tiny data: room for uneven head pruning."""
-    from transformers import BertConfig, BertModel
-
     base = tmp_path_factory.mktemp("base-4-heads")
-    tokenizer = models.load_tokenizer(tiny_model)
-    tokenizer.save_pretrained(base)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(base, safe_serialization=True)
+    save_tiny_encoder(base, "bert", models.load_tokenizer(tiny_model), layers=3, heads=4)
     splits = load_splits(DataConfig(source=str(tiny_data)))
     settings = TeacherConfig(model=str(base), epochs=3, learning_rate=1e-3, batch_size=8)
     return teacher.run(splits, settings, MAX_LENGTH, Cache(tmp_path_factory.mktemp("cache")))

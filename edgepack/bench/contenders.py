@@ -98,8 +98,11 @@ def _pipeline_calls(
     classify: Any, max_length: int, labels: list[str]
 ) -> tuple[Callable[[str], str], Callable[..., list[str]], Callable[..., tuple[np.ndarray, np.ndarray]]]:
     """predict, predict_batch and scored_batch (the top probability as the out-of-scope score) through a
-    transformers text-classification pipeline."""
+    transformers text-classification pipeline, answering with `labels` (in the model's id order: a teacher's
+    LABEL_N are named by its build's label_map)."""
     index = {label: i for i, label in enumerate(labels)}
+    classify.model.config.id2label = dict(enumerate(labels))
+    classify.model.config.label2id = index
 
     def one(text: str) -> str:
         return str(classify(text, truncation=True, max_length=max_length)[0]["label"])
@@ -123,41 +126,73 @@ def _oos_of(labels: list[str]) -> str | None:
     return "oos" if "oos" in labels else None
 
 
-def bundle_teacher(bundle: Path, root: Path | None = None) -> tuple[Path | None, bool]:
-    """(the model folder of the teacher the bundle's build fine-tuned and cached, whether the cache still holds
-    it complete): `<cache_dir>/teacher-<key>/model` from the manifest's teacher.cache_key and
-    recipe.cache_dir, a relative cache_dir taken from `root` (default: the working folder, as the build took
-    it). (None, False) when the manifest names no cached teacher or cannot be read."""
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    """The bundle's manifest.json, or {} when it cannot be read as an object: for choosing the bench's defaults
+    only (a damaged bundle is refused when it is loaded)."""
     from edgepack_runtime.manifest import MANIFEST
-
-    from edgepack.cache import Cache
 
     try:
         manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
-        key, cache_dir = manifest["teacher"]["cache_key"], manifest["recipe"]["cache_dir"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def teacher_label_map(manifest: dict[str, Any]) -> dict[str, str] | None:
+    """The `[teacher] label_map` the bundle's build named the checkpoint's LABEL_N with, if any."""
+    teacher = manifest.get("teacher")
+    mapping = teacher.get("label_map") if isinstance(teacher, dict) else None
+    return mapping if isinstance(mapping, dict) and mapping else None
+
+
+def bundle_teacher(bundle: Path, root: Path | None = None) -> tuple[Path | None, bool]:
+    """(the model folder of the bundle's teacher, whether it is there): the checkpoint the build used as it
+    was, or the one it fine-tuned and cached, `<cache_dir>/teacher-<key>/model` from the manifest's
+    teacher.cache_key and recipe.cache_dir, a relative cache_dir taken from `root` (default: the working
+    folder, as the build took it). (None, False) when the manifest names no teacher or cannot be read."""
+    from edgepack.cache import Cache
+    from edgepack.errors import EdgepackError
+    from edgepack.models import resolve_model
+
+    manifest = read_manifest(bundle)
+    teacher, recipe = manifest.get("teacher"), manifest.get("recipe")
+    if not isinstance(teacher, dict) or not isinstance(recipe, dict):
         return None, False
+    if teacher.get("fine_tuned_here") is False and isinstance(teacher.get("model"), str):
+        try:  # the checkpoint kept its head: the teacher is the checkpoint itself
+            return resolve_model(teacher["model"]), True
+        except EdgepackError:
+            return Path(teacher["model"]), False
+    key, cache_dir = teacher.get("cache_key"), recipe.get("cache_dir")
     if not isinstance(key, str) or not key or not isinstance(cache_dir, str):
         return None, False
     root_dir = Path(cache_dir) if Path(cache_dir).is_absolute() else (root or Path.cwd()) / cache_dir
     cache = Cache(root_dir)
     folder = cache.folder("teacher", key)
-    model = folder / "model"  # absent when the teacher came fine-tuned (the build then cached only logits)
+    model = folder / "model"
     return model, cache.is_complete(folder) and model.is_dir()
 
 
-def _teacher_folder(spec: str) -> tuple[Path, list[str]]:
-    """The fine-tuned teacher's folder and labels. Raises SkipContender with the reason."""
+def _teacher_folder(spec: str, label_map: dict[str, str] | None) -> tuple[Path, list[str]]:
+    """The fine-tuned teacher's folder and labels, LABEL_N named by `label_map` (the bundle's build's).
+    Raises SkipContender with the reason."""
     from edgepack.errors import EdgepackError
-    from edgepack.models import finetuned_labels, resolve_model
+    from edgepack.models import apply_label_map, classifier_labels, is_generic, resolve_model
 
     try:
         folder = resolve_model(spec)
-        labels = finetuned_labels(folder)
+        labels = classifier_labels(folder)
+        if labels and is_generic(labels) and label_map:
+            labels = apply_label_map(labels, label_map, spec)
     except EdgepackError as exc:
         raise SkipContender(str(exc)) from None
-    if labels is None:
+    if not labels:
         raise SkipContender(f"{folder} is not a fine-tuned classifier (its config names no labels)")
+    if is_generic(labels):
+        raise SkipContender(
+            f"{folder} names its labels {labels[0]}..{labels[-1]} and the first bundle's build recorded no "
+            "[teacher] label_map to name them with"
+        )
     return folder, labels
 
 
@@ -170,13 +205,17 @@ def _thresholded(c: Contender, validation: Sequence[tuple[str, str]] | None) -> 
 
 
 def teacher_contender(
-    spec: str, threads: int, max_length: int, validation: Sequence[tuple[str, str]] | None = None
+    spec: str,
+    threads: int,
+    max_length: int,
+    validation: Sequence[tuple[str, str]] | None = None,
+    label_map: dict[str, str] | None = None,
 ) -> Contender:
     """The teacher in PyTorch behind a transformers pipeline, with an out-of-scope threshold chosen on
     `validation` when given. Raises SkipContender with the reason."""
     from edgepack.models import load_tokenizer
 
-    folder, labels = _teacher_folder(spec)
+    folder, labels = _teacher_folder(spec, label_map)
     import torch
     from transformers import AutoModelForSequenceClassification, pipeline
 
@@ -286,6 +325,7 @@ def optimum_teacher_contender(
     max_length: int,
     validation: Sequence[tuple[str, str]] | None = None,
     log: Log = lambda message: None,
+    label_map: dict[str, str] | None = None,
 ) -> Contender:
     """Optimum's INT8 model of the teacher (optimum_teacher_build) through Optimum's pipeline, with its own
     out-of-scope threshold chosen on `validation` when given. Raises SkipContender with the reason."""
@@ -293,7 +333,7 @@ def optimum_teacher_contender(
         import optimum.onnxruntime  # noqa: F401
     except ImportError as exc:
         raise SkipContender(f"optimum's onnxruntime support is not installed ({exc})") from None
-    folder, labels = _teacher_folder(spec)
+    folder, labels = _teacher_folder(spec, label_map)
     out, record = optimum_teacher_build(folder, log)
     try:
         classify = optimum_pipeline(out, threads)
@@ -439,6 +479,7 @@ def load_contenders(
             raise InvalidBundle(f"{path} is not a valid bundle: {exc}") from None
     loaded[0].highlight = True
     max_length = loaded[0].manifest["model"]["max_length"]
+    label_map = teacher_label_map(loaded[0].manifest)
     later = " (its out-of-scope threshold chosen on validation data)" * bool(validation)
     optional: list[tuple[str, str, Callable[[], Contender]]] = []  # (kind, what it is, how to load it)
     if teacher is not None:
@@ -446,7 +487,7 @@ def load_contenders(
             (
                 "teacher",
                 "the teacher",
-                lambda: teacher_contender(teacher, threads, max_length, validation),
+                lambda: teacher_contender(teacher, threads, max_length, validation, label_map),
             )
         )
     if teacher is not None and optimum_teacher:
@@ -454,7 +495,7 @@ def load_contenders(
             (
                 "optimum",
                 "Optimum's INT8 model of the teacher",
-                lambda: optimum_teacher_contender(teacher, threads, max_length, validation, log),
+                lambda: optimum_teacher_contender(teacher, threads, max_length, validation, log, label_map),
             )
         )
     if peer == "optimum":

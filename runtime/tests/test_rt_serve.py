@@ -5,22 +5,20 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgepack_runtime import Classifier
+from edgepack_runtime.serve_process import RunningServer, running_server
 
 from . import tiny_onnx
 from .bundle_kit import replace_file, write_bundle
@@ -31,70 +29,25 @@ pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip ins
 START_TIMEOUT = 120.0  # generous: CI machines may be busy; nothing here measures time
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[str]
-    host: str
-    port: int
-    stderr: list[str] = field(default_factory=list)
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
-
-    def post(self, payload: Any) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        return self.request("POST", "/classify", json.dumps(payload).encode(), headers)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=60)
+def request(
+    server: RunningServer,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
 
 
-def start(bundle: Path, *args: str) -> Server:
-    """Start `edgepack-run serve BUNDLE --port 0 ARGS`, wait for its address line and its /health."""
-    command = [sys.executable, "-m", "edgepack_runtime.cli", "serve", str(bundle), "--port", "0", *args]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    collected: list[str] = []
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            collected.append(line)
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            process.kill()
-            raise AssertionError(f"no address line from the server: {collected}") from None
-        if " on http://" in line:
-            address = line.split(" on http://", 1)[1].split()[0]
-            host, port = address.rsplit(":", 1)
-            break
-    server = Server(process, host, int(port), collected)
-    while True:  # the socket listens already; the app answers once uvicorn has started
-        try:
-            if server.request("GET", "/health")[0] == 200:
-                return server
-        except OSError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise AssertionError(f"server did not come up: {collected}")
-        time.sleep(0.05)
+def post(server: RunningServer, payload: Any) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    return request(server, "POST", "/classify", json.dumps(payload).encode(), headers)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +56,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(bundle: Path) -> Iterator[Server]:
-    running = start(bundle, "--max-texts", "8", "--max-body-bytes", "4096", "--threads", "2")
-    yield running
-    assert running.stop() == 0, running.stderr
+def server(bundle: Path) -> Iterator[RunningServer]:
+    args = ("--max-texts", "8", "--max-body-bytes", "4096", "--threads", "2")
+    with running_server(bundle, *args, timeout=START_TIMEOUT) as running:
+        yield running
+        assert running.stop() == 0, running.stderr
 
 
 @pytest.fixture(scope="module")
@@ -121,48 +75,50 @@ def record(clf: Classifier, text: str, top_k: int = 3) -> dict[str, Any]:
 # -- answers -------------------------------------------------------------------------------------------------
 
 
-def test_health_and_manifest(server: Server, clf: Classifier) -> None:
-    status, body = server.request("GET", "/health")
+def test_health_and_manifest(server: RunningServer, clf: Classifier) -> None:
+    status, body = request(server, "GET", "/health")
     assert status == 200 and body["status"] == "ok" and body["bundle"] == "tiny"
-    status, body = server.request("GET", "/manifest")
+    status, body = request(server, "GET", "/manifest")
     assert status == 200
     assert body["name"] == "tiny" and body["labels"] == clf.labels and body["max_chars"] == clf.max_chars
     assert body["files"]["model.onnx"]["sha256"] == clf.spec.files["model.onnx"].sha256
     assert body["limits"]["max_texts"] == 8 and body["threads"] == 2
 
 
-def test_one_text_is_answered_as_classify_prints_it(server: Server, clf: Classifier) -> None:
-    status, body = server.post({"text": "book a flight for tomorrow"})
+def test_one_text_is_answered_as_classify_prints_it(server: RunningServer, clf: Classifier) -> None:
+    status, body = post(server, {"text": "book a flight for tomorrow"})
     assert status == 200
     assert body == record(clf, "book a flight for tomorrow")
     assert set(body) == {"text", "label", "score", "top_k", "rejected", "oos_score"}
 
 
-def test_a_list_is_answered_in_order(server: Server, clf: Classifier) -> None:
+def test_a_list_is_answered_in_order(server: RunningServer, clf: Classifier) -> None:
     texts = ["hi", "weather today in paris", "", "set an alarm"]
-    status, body = server.post({"texts": texts, "top_k": 2})
+    status, body = post(server, {"texts": texts, "top_k": 2})
     assert status == 200
     expected = clf.predict_batch(texts, batch_size=len(texts), top_k=2)
     assert body == {"results": [{"text": t, **p.to_dict()} for t, p in zip(texts, expected, strict=True)]}
     assert [r["label"] for r in body["results"]] == [clf.predict(t).label for t in texts]
 
 
-def test_a_huge_text_is_cut_as_the_runtime_cuts_it_and_says_so(server: Server, clf: Classifier) -> None:
+def test_a_huge_text_is_cut_as_the_runtime_cuts_it_and_says_so(
+    server: RunningServer, clf: Classifier
+) -> None:
     text = "book a flight " * (clf.max_chars // 4)
-    status, body = server.post({"text": text[: 4000 - 20]})  # inside the 4096-byte body limit
+    status, body = post(server, {"text": text[: 4000 - 20]})  # inside the 4096-byte body limit
     assert status == 200
     assert body["truncated"] is True and len(body["text"]) == clf.max_chars
     assert {k: v for k, v in body.items() if k != "truncated"} == record(clf, text[: 4000 - 20])
-    status, body = server.post({"texts": ["hi", text[:1500]]})
+    status, body = post(server, {"texts": ["hi", text[:1500]]})
     assert status == 200 and "truncated" not in body["results"][0] and body["results"][1]["truncated"]
 
 
-def test_concurrent_clients_get_exactly_what_predict_gives(server: Server, clf: Classifier) -> None:
+def test_concurrent_clients_get_exactly_what_predict_gives(server: RunningServer, clf: Classifier) -> None:
     words = ("pin", "flight", "weather", "music")
     texts = [f"{word} please tell me {n}" for n in range(12) for word in words]
 
     def ask(text: str) -> dict[str, Any]:
-        status, body = server.post({"text": text})
+        status, body = post(server, {"text": text})
         assert status == 200
         return body
 
@@ -197,14 +153,16 @@ BAD = [
 
 
 @pytest.mark.parametrize(("body", "status", "reason"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_bad_input_gets_a_4xx_with_a_reason(server: Server, body: bytes, status: int, reason: str) -> None:
-    got, answer = server.request("POST", "/classify", body)
+def test_bad_input_gets_a_4xx_with_a_reason(
+    server: RunningServer, body: bytes, status: int, reason: str
+) -> None:
+    got, answer = request(server, "POST", "/classify", body)
     assert got == status
     assert reason in answer["error"]
-    assert server.post({"text": "hi"})[0] == 200  # and the server keeps serving
+    assert post(server, {"text": "hi"})[0] == 200  # and the server keeps serving
 
 
-def test_a_body_too_large_is_refused_while_it_streams(server: Server) -> None:
+def test_a_body_too_large_is_refused_while_it_streams(server: RunningServer) -> None:
     # No Content-Length: the body comes in chunks, and is refused once past the limit.
     conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
     try:
@@ -214,13 +172,13 @@ def test_a_body_too_large_is_refused_while_it_streams(server: Server) -> None:
         assert response.status == 413 and "4,096" in json.loads(response.read())["error"]
     finally:
         conn.close()
-    assert server.post({"text": "hi"})[0] == 200
+    assert post(server, {"text": "hi"})[0] == 200
 
 
-def test_wrong_path_and_method_are_json(server: Server) -> None:
-    status, body = server.request("GET", "/nothing")
+def test_wrong_path_and_method_are_json(server: RunningServer) -> None:
+    status, body = request(server, "GET", "/nothing")
     assert status == 404 and "Not Found" in body["error"]
-    status, body = server.request("GET", "/classify")
+    status, body = request(server, "GET", "/classify")
     assert status == 405 and "Method Not Allowed" in body["error"]
 
 
@@ -268,34 +226,32 @@ def test_without_the_extra_the_command_names_it(bundle: Path) -> None:
 def test_a_signal_drains_requests_in_flight_then_exits_cleanly(
     bundle: Path, clf: Classifier, sig: int
 ) -> None:
-    running = start(bundle)
     body = json.dumps({"text": "book a flight for tomorrow"}).encode()
-    with socket.create_connection((running.host, running.port), timeout=60) as conn:
-        # A request in flight: headers and half of the body sent when the signal arrives.
-        conn.sendall(b"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n")
-        conn.sendall(f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-        time.sleep(0.5)  # let the server read the headers (no timing is asserted)
-        running.process.send_signal(sig)
-        time.sleep(0.5)
-        conn.sendall(body[10:])
-        response = b""
-        while chunk := conn.recv(65536):
-            response += chunk
-    head, _, payload = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), response
-    assert json.loads(payload) == record(clf, "book a flight for tomorrow")
-    assert running.process.wait(timeout=60) == 0, running.stderr
-    assert "stopped" in "".join(running.stderr)
+    with running_server(bundle, timeout=START_TIMEOUT) as running:
+        with socket.create_connection((running.host, running.port), timeout=60) as conn:
+            # A request in flight: headers and half of the body sent when the signal arrives.
+            conn.sendall(b"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n")
+            conn.sendall(f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+            time.sleep(0.5)  # let the server read the headers (no timing is asserted)
+            running.process.send_signal(sig)
+            time.sleep(0.5)
+            conn.sendall(body[10:])
+            response = b""
+            while chunk := conn.recv(65536):
+                response += chunk
+        head, _, payload = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), response
+        assert json.loads(payload) == record(clf, "book a flight for tomorrow")
+        assert running.process.wait(timeout=60) == 0, running.stderr
+        assert "stopped" in "".join(running.stderr)
     with pytest.raises(OSError):  # and it no longer listens
         socket.create_connection((running.host, running.port), timeout=5).close()
 
 
 def test_several_workers_serve_and_stop(bundle: Path, clf: Classifier) -> None:
-    running = start(bundle, "--workers", "2")
-    try:
+    with running_server(bundle, "--workers", "2", timeout=START_TIMEOUT) as running:
         for text in ("hi", "set an alarm", "weather today in paris"):
-            assert running.post({"text": text}) == (200, record(clf, text))
-    finally:
+            assert post(running, {"text": text}) == (200, record(clf, text))
         assert running.stop() == 0, running.stderr
 
 
