@@ -4,7 +4,9 @@ dependency closure, Python, the platform, the seeds and the determinism settings
 from __future__ import annotations
 
 import platform
+import subprocess
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from packaging.requirements import Requirement
@@ -13,6 +15,9 @@ from packaging.utils import canonicalize_name
 from edgepack.recipe import Recipe
 
 ROOT_DISTRIBUTION = "edgepack"
+# Installed from this repository (editable, as the README sets up): their version does not change with the code.
+CHECKOUT_DISTRIBUTIONS = ("edgepack", "edgepack-runtime")
+_QUIET: dict[str, Any] = {"capture_output": True, "text": True, "check": True, "timeout": 30}
 
 
 def _requirements(dist: metadata.Distribution, extras: frozenset[str]) -> list[Requirement]:
@@ -50,8 +55,32 @@ def dependency_closure(root: str = ROOT_DISTRIBUTION) -> dict[str, str]:
 
 
 def versions() -> dict[str, str]:
-    """Python's version, then every package of edgepack's dependency closure (see dependency_closure)."""
-    return {"python": platform.python_version(), **dependency_closure()}
+    """Python's version, then every package of edgepack's dependency closure (see dependency_closure);
+    edgepack and its runtime, when they run from a git checkout, with the commit as a local version label."""
+    found = {"python": platform.python_version(), **dependency_closure()}
+    label = checkout_label()
+    if label is not None:
+        for name in CHECKOUT_DISTRIBUTIONS:
+            if name in found:
+                found[name] += label
+    return found
+
+
+def checkout_label(root: Path = Path(__file__).resolve().parent.parent) -> str | None:
+    """`+g<commit>` (and `.dirty` when edgepack's or the runtime's code has uncommitted changes), as
+    setuptools-scm labels versions, when edgepack runs from a git checkout; None otherwise (a wheel's version
+    says what it is) or when git cannot tell."""
+    if not (root / ".git").exists():
+        return None
+    git = ["git", "-C", str(root)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], **_QUIET).stdout.strip()
+        changes = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", "edgepack", "runtime/src"], **_QUIET
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or not a repository it can read
+        return None
+    return f"+g{commit}" + (".dirty" if changes else "")
 
 
 def machine() -> dict[str, str]:

@@ -84,7 +84,10 @@ class QuantizeConfig:
         bits, block = self.embedding_bits, self.embedding_block_size
         check(bits in (4, 8), "quantize", "embedding_bits", bits, "8 (INT8, the default) or 4 (4-bit blocks)")
         if bits == 8:
-            why = "unset, or embedding_bits = 4 (only the 4-bit table is stored in blocks)"
+            why = (
+                "unset (--set quantize.embedding_block_size=none), or embedding_bits = 4 (only the 4-bit "
+                "table is stored in blocks)"
+            )
             check(block is None, "quantize", "embedding_block_size", block, why)
             return
         if block is None:

@@ -100,7 +100,8 @@ def test_ids_past_the_4bit_table_are_still_an_error(tmp_path: Path, fused: tuple
         ({"quantize.embedding_bits": 2}, r"\[quantize\] embedding_bits = 2 is invalid: expected 8 .* or 4"),
         (
             {"quantize.embedding_block_size": 64},
-            r"embedding_block_size = 64 is invalid: expected unset, or embedding_bits = 4",
+            r"embedding_block_size = 64 is invalid: expected unset \(--set quantize.embedding_block_size=none\), "
+            "or embedding_bits = 4",
         ),
         (
             {"quantize.embedding_bits": 4, "quantize.embedding_block_size": 48},

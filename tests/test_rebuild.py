@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -101,8 +102,8 @@ def test_versions_are_the_installed_dependency_closure(built: Path) -> None:
         "packaging",
         "filelock",
     ):
-        assert versions[name] == metadata.version(name), name
-    assert versions["python"] and versions["edgepack"] == metadata.version("edgepack")
+        assert versions[name].startswith(metadata.version(name)), name  # + a checkout's commit label
+    assert versions["python"] and versions["edgepack"].startswith(metadata.version("edgepack"))
     assert "pytest" not in versions and "mypy" not in versions, "edgepack's dev extra is not followed"
 
 
@@ -133,6 +134,18 @@ def test_dependency_closure_honours_markers_and_extras(monkeypatch: pytest.Monke
     monkeypatch.setattr(provenance.metadata, "distribution", distribution)
     closure = provenance.dependency_closure("root")
     assert closure == {"a": "2.0", "b-pkg": "3", "c": "4", "root": "1", "speedup": "5"}
+
+
+def test_a_checkout_labels_edgepacks_version_with_its_commit(tmp_path: Path) -> None:
+    """Editable installs keep one version number while the code changes: the commit tells builds apart."""
+    assert provenance.checkout_label(tmp_path) is None  # not a git checkout: the version says it all
+    repo = Path(provenance.__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        pytest.skip("edgepack does not run from a git checkout here")
+    label = provenance.checkout_label()
+    assert label is not None and re.fullmatch(r"\+g[0-9a-f]{12}(\.dirty)?", label), label
+    versions = provenance.versions()
+    assert versions["edgepack"].endswith(label) and versions["edgepack-runtime"].endswith(label)
 
 
 def test_the_digest_covers_examples_and_order_not_the_file_format(tmp_path: Path, tiny_data: Path) -> None:
