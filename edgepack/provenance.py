@@ -17,6 +17,7 @@ from edgepack.recipe import Recipe
 ROOT_DISTRIBUTION = "edgepack"
 # Installed from this repository (editable, as the README sets up): their version does not change with the code.
 CHECKOUT_DISTRIBUTIONS = ("edgepack", "edgepack-runtime")
+SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the repository, when edgepack runs from one
 _QUIET: dict[str, Any] = {"capture_output": True, "text": True, "check": True, "timeout": 30}
 
 
@@ -66,7 +67,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def checkout_label(root: Path = Path(__file__).resolve().parent.parent) -> str | None:
+def checkout_label(root: Path = SOURCE_ROOT) -> str | None:
     """`+g<commit>` (and `.dirty` when edgepack's or the runtime's code has uncommitted changes), as
     setuptools-scm labels versions, when edgepack runs from a git checkout; None otherwise (a wheel's version
     says what it is) or when git cannot tell."""
