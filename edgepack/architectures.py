@@ -146,6 +146,42 @@ def config_layers(config: dict[str, Any]) -> int | None:
     return int(config[family.layers_key])
 
 
+def keep_encoder_layers(
+    model: Any, layers: list[int], needed_by: str, instead: str, *, setting: str, owner: str = "the model"
+) -> Any:
+    """Keep only the encoder layers `layers` of `model` (in that order), in place: the embeddings and the head
+    stay, the config's layer count (and any pruned heads) follow, each kept layer is renumbered. Returns
+    `model`. The one place that keeps a list of layers: students made of the teacher's layers
+    (edgepack.distill), a teacher fine-tuned from a slice of its base model's layers (edgepack.teacher), and
+    layers dropped by structured pruning (edgepack.prune).
+
+    An unknown family is refused as `require` refuses it (`needed_by`, `instead`); an index beyond the model's
+    depth, a repeated or a negative one, with a StageError naming `setting` (e.g. "[distill] layers") and the
+    depth of `owner` (what the message calls the model)."""
+    family = require(model, needed_by, instead)
+    blocks = family.encoder_layers(model)
+    depth = len(blocks)
+    if not layers or min(layers) < 0 or len(set(layers)) != len(layers):
+        raise StageError(
+            f"{setting} = {layers} must list distinct layer indices of {owner}'s {depth} layers "
+            f"(0..{depth - 1})."
+        )
+    if max(layers) >= depth:
+        raise StageError(
+            f"{setting} = {layers} asks for layer {max(layers)}, but {owner} has {depth} layers "
+            f"(0..{depth - 1})."
+        )
+    family.set_encoder_layers(model, [blocks[i] for i in layers])
+    setattr(model.config, family.layers_key, len(layers))
+    pruned = {int(k): v for k, v in (getattr(model.config, "pruned_heads", None) or {}).items()}
+    model.config.pruned_heads = {layers.index(old): heads for old, heads in pruned.items() if old in layers}
+    for new, block in enumerate(family.encoder_layers(model)):
+        for module in block.modules():  # BERT's self-attention numbers itself (for key/value caches)
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new  # type: ignore[assignment]
+    return model
+
+
 def require(model: Any, needed_by: str, instead: str) -> Family:
     """The family of `model`, or a StageError saying that `needed_by` needs a known one and what to do
     `instead`."""

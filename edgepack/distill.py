@@ -38,6 +38,7 @@ from edgepack.recipe import (
     SearchConfig,
     auto_layers,
     check_student_depth,
+    kept_depth,
 )
 from edgepack.training import (
     DistillResult,
@@ -55,21 +56,13 @@ log = logging.getLogger(__name__)
 
 def student_from_teacher_layers(teacher: Any, layers: list[int]) -> Any:
     """A student with the teacher's embeddings, head and the chosen encoder layers (as DistilBERT was made)."""
-    family = architectures.require(
-        teacher,
-        "[distill] student = 'teacher-layers'",
-        f'Set [distill] student to a model id or folder, or to "{EXPORT_ONLY}" (export the teacher itself).',
+    needed_by = "[distill] student = 'teacher-layers'"
+    instead = (
+        f'Set [distill] student to a model id or folder, or to "{EXPORT_ONLY}" (export the teacher itself).'
     )
-    blocks = family.encoder_layers(teacher)
-    if max(layers) >= len(blocks):
-        raise StageError(
-            f"[distill] layers = {layers} asks for layer {max(layers)}, but the teacher has {len(blocks)} layers "
-            f"(0..{len(blocks) - 1})."
-        )
-    student = copy.deepcopy(teacher)
-    family.set_encoder_layers(student, [copy.deepcopy(blocks[i]) for i in layers])
-    student.config.num_hidden_layers = len(layers)  # DistilBERT's n_layers through its attribute_map
-    return student
+    return architectures.keep_encoder_layers(
+        copy.deepcopy(teacher), layers, needed_by, instead, setting="[distill] layers", owner="the teacher"
+    )
 
 
 def teacher_depth(model_dir: Path) -> int:
@@ -100,12 +93,21 @@ def resolve_layers(config: DistillConfig, model_dir: Path) -> DistillConfig:
     return replace(config, layers=layers)
 
 
-def check_depth(config: DistillConfig, prune: PruneConfig, teacher_model: str) -> None:
+def check_depth(
+    config: DistillConfig,
+    prune: PruneConfig,
+    teacher_model: str,
+    teacher_layers: list[int] | str | None = None,
+) -> None:
     """The recipe's check of the `[prune]` layer knobs against the student's depth, for `layers = "auto"`: the
     depth is known once the teacher's config is read (a recipe reads only a local folder's), before any
-    training. Same message as the recipe's."""
+    training; `teacher_layers` is `[teacher] layers` (the teacher keeps only those of its base model's).
+    Same message as the recipe's."""
     if config.student == "teacher-layers" and config.layers == AUTO_LAYERS:
-        check_student_depth(config, prune, teacher_depth(models.resolve_model(teacher_model)))
+        depth = (
+            None if isinstance(teacher_layers, list) else teacher_depth(models.resolve_model(teacher_model))
+        )
+        check_student_depth(config, prune, kept_depth(teacher_layers, depth))
 
 
 class _ReportToTrial(TrainerCallback):

@@ -12,7 +12,7 @@ from typing import Any
 
 from edgepack import data, lengths, models, oos
 from edgepack.errors import ModelSourceError
-from edgepack.recipe import AUTO_LAYERS, AUTO_LAYERS_RULE, EXPORT_ONLY, Recipe
+from edgepack.recipe import AUTO_LAYERS, AUTO_LAYERS_RULE, EXPORT_ONLY, Recipe, kept_layers, local_depth
 
 
 def toml(values: dict[str, Any]) -> str:
@@ -89,14 +89,32 @@ def _lengths(recipe: Recipe, splits: data.LabelledSplits) -> tuple[list[str], st
         f"  max_length {max_length} ({record['max_length_rule']}); texts it would truncate: {truncated}",
     ]
     head = models.classifier_labels(folder)
+    sliced = _teacher_layers(recipe, folder)
     if head is None:
-        teacher = f"fine-tune {recipe.teacher.model} ({recipe.teacher.epochs:g} epochs; a new head)"
+        teacher = f"fine-tune {recipe.teacher.model} ({recipe.teacher.epochs:g} epochs; a new head){sliced}"
     else:
         teacher = (
             f"{recipe.teacher.model} has a head for {len(head)} labels: used as it is when they name the data's "
             f"(fine_tune = {recipe.teacher.fine_tune!r}), else refused or replaced"
         )
+        if sliced:  # the teacher stage refuses layers on a head it would use as it is
+            teacher += f'; fine-tuned{sliced} (layers need fine_tune = "always" with a matching head)'
     return lines, teacher
+
+
+def _teacher_layers(recipe: Recipe, folder: Path) -> str:
+    """What `[teacher] layers` keeps of the base model in `folder` (", keeping layers [0, 2] of its 3"), or
+    "" when it keeps them all."""
+    layers = recipe.teacher.layers
+    if layers is None:
+        return ""
+    depth = local_depth(str(folder))
+    if depth is None:
+        return f", keeping layers {layers!r} (refused: a family edgepack cannot slice)"
+    kept = kept_layers(layers, depth)
+    how = f' ("{AUTO_LAYERS}": {AUTO_LAYERS_RULE})' if layers == AUTO_LAYERS else ""
+    beyond = " (refused: an index beyond its depth)" if kept and max(kept) >= depth else ""
+    return f", keeping layers {kept} of its {depth}{how}{beyond}"
 
 
 def _stages(recipe: Recipe, teacher: str, rejection: dict[str, Any]) -> list[str]:

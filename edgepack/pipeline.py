@@ -134,7 +134,8 @@ def build(recipe: Recipe, *, force: bool = False, sign_key: Path | None = None) 
         with timer.stage("data"):  # max_length: the recipe's, or from the data's token lengths ("auto")
             splits, max_length = data.run(recipe.data, recipe.teacher.model)
             oos.plan(splits, recipe.evaluate.oos_threshold, recipe.evaluate.rejection_label)  # refuse now
-            distill.check_depth(recipe.distill, recipe.prune, recipe.teacher.model)  # "auto" layers: now too
+            # "auto" layers: now too (of the teacher's base model, or of the layers [teacher] layers keeps)
+            distill.check_depth(recipe.distill, recipe.prune, recipe.teacher.model, recipe.teacher.layers)
         with timer.stage("teacher"):
             taught = teacher.run(splits, recipe.teacher, max_length, cache)
             splits = taught.splits

@@ -172,17 +172,15 @@ def _ffn_unit(family: architectures.Family, block: Any) -> tuple[Any, int, int]:
 
 
 def _remove_layers(model: Any, drop: list[int]) -> None:
-    family = _family(model)
-    blocks = family.encoder_layers(model)
-    keep = [i for i in range(len(blocks)) if i not in set(drop)]
-    family.set_encoder_layers(model, [blocks[i] for i in keep])
-    model.config.num_hidden_layers = len(keep)
-    pruned = {int(k): v for k, v in (model.config.pruned_heads or {}).items()}
-    model.config.pruned_heads = {keep.index(old): heads for old, heads in pruned.items() if old in keep}
-    for new, block in enumerate(family.encoder_layers(model)):
-        for module in block.modules():  # BERT's self-attention numbers itself (for key/value caches)
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = new  # type: ignore[assignment]
+    keep = [i for i in range(len(_layers(model))) if i not in set(drop)]
+    architectures.keep_encoder_layers(
+        model,
+        keep,
+        "prune: structured pruning",
+        "Turn the [prune] knobs off for it.",
+        setting=f"[prune] layers kept after dropping {sorted(drop)}",
+        owner="the student",
+    )
 
 
 def _loss_without(model: Any, batches: list[Batch], settings: DistillConfig, layer: int) -> float:

@@ -70,7 +70,7 @@ class DataConfig:
 
 FINE_TUNE = ("auto", "always")
 EXPORT_ONLY = "teacher"  # the [distill] student of the export-only path: the teacher itself is bundled
-AUTO_LAYERS = "auto"  # [distill] layers chosen from the teacher's depth (auto_layers)
+AUTO_LAYERS = "auto"  # [distill] / [teacher] layers chosen from the model's depth (auto_layers)
 AUTO_LAYERS_RULE = "k = max(1, round(2N/3)): the first, the last and the rest evenly spaced (rounded up)"
 
 
@@ -88,6 +88,25 @@ def auto_layers(num_layers: int) -> list[int]:
     if keep == 1:
         return [0]
     return [-(-i * (num_layers - 1) // (keep - 1)) for i in range(keep)]  # ceil in integers
+
+
+def kept_layers(layers: list[int] | str | None, depth: int) -> list[int] | None:
+    """The encoder layers `[teacher] layers` keeps of a `depth`-layer base model: None (all of them) when it is
+    unset, "auto" resolved by auto_layers, a list as it is."""
+    if layers is None:
+        return None
+    return auto_layers(depth) if isinstance(layers, str) else list(layers)  # the only string is "auto"
+
+
+def kept_depth(layers: list[int] | str | None, depth: int | None) -> int | None:
+    """The fine-tuned teacher's layer count when `[teacher] layers` is `layers` and its base model has `depth`
+    layers (None: not known, which only a list does not need)."""
+    if isinstance(layers, list):
+        return len(layers)
+    if depth is None:
+        return None
+    kept = kept_layers(layers, depth)
+    return depth if kept is None else len(kept)
 
 
 @dataclass
@@ -110,9 +129,27 @@ class TeacherConfig:
     fine_tune: str = "auto"
     # The checkpoint's labels (names such as LABEL_0, or ids) -> the data's: a table, or a JSON file's path.
     label_map: dict[str, str] | str | None = None
+    # The base model's encoder layers fine-tuned (embeddings and head as they are): None = all of them, a list
+    # of indices, or "auto" (auto_layers of its depth, as [distill] layers = "auto"). Needs fine-tuning: a
+    # checkpoint whose head is used as it is keeps all its layers.
+    layers: list[int] | str | None = None
 
     def __post_init__(self) -> None:
         check(self.fine_tune in FINE_TUNE, "teacher", "fine_tune", self.fine_tune, '"auto" or "always"')
+        if self.layers is not None:
+            expected = (
+                f'a non-empty list of distinct layer indices of the model, "{AUTO_LAYERS}" (about two thirds of '
+                "its layers, the first and the last among them), or unset (all of its layers)"
+            )
+            if isinstance(self.layers, str):
+                check(self.layers == AUTO_LAYERS, "teacher", "layers", self.layers, expected)
+            else:
+                ok = (
+                    bool(self.layers)
+                    and all(i >= 0 for i in self.layers)
+                    and len(set(self.layers)) == len(self.layers)
+                )
+                check(ok, "teacher", "layers", self.layers, expected)
         if isinstance(self.label_map, dict):
             names = list(self.label_map.values())
             ok = bool(names) and all(names) and len(set(names)) == len(names)
@@ -508,9 +545,11 @@ class Recipe:
         if self.threads is not None:
             check(self.threads >= 1, "recipe", "threads", self.threads, "an integer >= 1")
         # The student's depth is known before any training: from the list, or ("auto") from a local teacher's
-        # config.json; any other teacher's is read after the data stage (edgepack.distill.check_depth).
+        # config.json (and [teacher] layers); any other teacher's is read after the data stage
+        # (edgepack.distill.check_depth).
         auto = self.distill.layers == AUTO_LAYERS
-        check_student_depth(self.distill, self.prune, _local_depth(self.teacher.model) if auto else None)
+        depth = kept_depth(self.teacher.layers, local_depth(self.teacher.model)) if auto else None
+        check_student_depth(self.distill, self.prune, depth)
         if self.package.name == AUTO_NAME:
             self.package.name = bundle_name(self.data.source)
 
@@ -536,7 +575,7 @@ def check_student_depth(distill: DistillConfig, prune: PruneConfig, teacher_laye
         prune.check_layers(len(layers), where)
 
 
-def _local_depth(model: str) -> int | None:
+def local_depth(model: str) -> int | None:
     """The layer count of a teacher in a local folder, from its config.json; None for any other teacher (a Hub
     id, a package) or a family edgepack does not know: the distill stage reads those."""
     config = Path(model).expanduser() / "config.json"

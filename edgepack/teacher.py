@@ -1,5 +1,8 @@
 """Teacher stage: fine-tune the teacher when it has no head for these labels, then cache it and its logits.
 
+With `[teacher] layers`, only those encoder layers of the base model are kept before fine-tuning (the
+embeddings and the head as they are): the teacher is that slice, fine-tuned directly on the labels.
+
 The cache key covers the base model's bytes, the data, the labels and the fine-tuning settings, so a second
 build with the same inputs reuses both the fine-tuned model and the logits (no teacher forward pass per
 student step: the distillation reads the cached training-set logits).
@@ -7,21 +10,22 @@ student step: the distillation reads the cached training-set logits).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from edgepack_runtime.data import DataError
 
-from edgepack import metrics, models
+from edgepack import architectures, metrics, models
 from edgepack.cache import Cache, cache_key, hash_file, hash_folder
 from edgepack.data import LabelledSplits
 from edgepack.errors import RecipeError
-from edgepack.recipe import TeacherConfig
+from edgepack.recipe import AUTO_LAYERS, AUTO_LAYERS_RULE, TeacherConfig, kept_layers
 from edgepack.training import (
     PadCollator,
     TeacherResult,
@@ -42,7 +46,7 @@ def _key_settings(config: TeacherConfig) -> dict[str, Any]:
     """The fine-tuning settings in the cache key; keys added later are left out at their defaults, so
     teachers cached before they existed keep their keys."""
     settings = asdict(config)
-    for key, default in (("fine_tune", "auto"), ("label_map", None)):
+    for key, default in (("fine_tune", "auto"), ("label_map", None), ("layers", None)):
         if settings[key] == default:
             del settings[key]
     return settings
@@ -114,6 +118,50 @@ def _mismatch(config: TeacherConfig, own: list[str], named: list[str], data: lis
     )
 
 
+_NO_LAYERS = "Remove [teacher] layers: the model is fine-tuned with all of its layers."
+
+
+def _slice(base_dir: Path, config: TeacherConfig, head: _Head) -> tuple[TeacherConfig, dict[str, Any]]:
+    """`config` with `layers = "auto"` resolved to its list (keyed, trained and recorded as the list), and the
+    record's note of the layers kept; refuses, before any training, layers on a checkpoint used as it is, an
+    index beyond the base model's depth and a family edgepack cannot slice."""
+    if config.layers is None:
+        return config, {"kept_layers": None}
+    if not head.fine_tune and config.layers == AUTO_LAYERS:  # --quick on a checkpoint that needs no training
+        log.warning(
+            'teacher: [teacher] layers = "%s" applies to fine-tuning; %s has a head for these labels and is used '
+            'as it is, with all of its layers (set fine_tune = "always" to fine-tune a slice of it)',
+            AUTO_LAYERS,
+            config.model,
+        )
+        return replace(config, layers=None), {"kept_layers": None}
+    if not head.fine_tune:
+        raise RecipeError(
+            f"[teacher] layers needs fine-tuning: {config.model} has a head for these labels, which fine_tune = "
+            '"auto" uses as it is (no training, all of its layers); set fine_tune = "always" or remove layers.'
+        )
+    values = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    depth = architectures.config_layers(values) if isinstance(values, dict) else None
+    if depth is None:
+        model_type = values.get("model_type") if isinstance(values, dict) else None
+        raise RecipeError(
+            f"[teacher] layers = {config.layers!r} needs a model of a known encoder family "
+            f"({architectures.SUPPORTED}); {config.model} is model_type {model_type!r}. {_NO_LAYERS}"
+        )
+    layers = kept_layers(config.layers, depth)
+    assert layers is not None
+    if max(layers) >= depth:
+        raise RecipeError(
+            f"[teacher] layers = {layers} asks for layer {max(layers)}, but {config.model} has {depth} layers "
+            f'(0..{depth - 1}): use indices below {depth}, or "{AUTO_LAYERS}".'
+        )
+    record: dict[str, Any] = {"kept_layers": layers, "base_layers": depth}
+    if config.layers == AUTO_LAYERS:
+        record["layers_rule"] = f"{AUTO_LAYERS} (N = base_layers): {AUTO_LAYERS_RULE}"
+        log.info("teacher: layers = %r: %s of %s's %d layers", AUTO_LAYERS, layers, config.model, depth)
+    return replace(config, layers=layers), record
+
+
 def _fine_tune(
     base_dir: Path,
     splits: LabelledSplits,
@@ -137,6 +185,16 @@ def _fine_tune(
     )
     with seeded(config.seed):  # the new classification head's initialisation, dropout, shuffling
         model = models.load_classifier(base_dir, splits.labels, resize_head=resize_head)
+        if isinstance(config.layers, list):  # "auto" was resolved by _slice
+            architectures.keep_encoder_layers(
+                model,
+                config.layers,
+                "[teacher] layers",
+                _NO_LAYERS,
+                setting="[teacher] layers",
+                owner=config.model,
+            )
+            log.info("teacher: keeping layers %s of %s", config.layers, config.model)
         trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=PadCollator(tokenizer))
         log.info("teacher: fine-tuning %s for %s epochs on %d examples", base_dir, config.epochs, len(train))
         trainer.train()
@@ -148,6 +206,7 @@ def _fine_tune(
 def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: Cache) -> TeacherResult:
     base_dir = models.resolve_model(config.model)
     head = _head(base_dir, splits, config)  # refuses a head for other labels before any training
+    config, sliced = _slice(base_dir, config, head)  # refuses bad [teacher] layers before any training
     if head.labels is not None:
         splits = splits.relabelled(head.labels)  # a fine-tuned teacher keeps its own id2label order
     settings = _key_settings(config) if head.fine_tune else None
@@ -158,7 +217,9 @@ def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: C
         log.info("teacher: reusing cached %s", folder)
         logits = {s: np.load(folder / f"logits-{s}.npy") for s in splits.texts}
         model_dir = folder / "model" if head.fine_tune else base_dir
-        record = cache.record(folder) | {"cached": True} | head.record | _digests(base_sha256, model_dir)
+        record = (
+            cache.record(folder) | {"cached": True} | head.record | sliced | _digests(base_sha256, model_dir)
+        )
         return TeacherResult(model_dir, splits, logits, _with_metrics(record, logits, splits))
 
     cache.start(folder)
@@ -188,7 +249,7 @@ def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: C
         "cache_key": key,
     }
     cache.finish(folder, record)
-    record |= {"cached": False} | head.record | _digests(base_sha256, model_dir)
+    record |= {"cached": False} | head.record | sliced | _digests(base_sha256, model_dir)
     return TeacherResult(model_dir, splits, logits, _with_metrics(record, logits, splits))
 
 

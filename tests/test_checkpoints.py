@@ -1,10 +1,12 @@
 """Fine-tuned checkpoints keep their heads: id2label names in another order are mapped, LABEL_N heads take a
-label_map, a head for other labels is refused before any training; and the export-only path bundles the model
-itself (no student)."""
+label_map, a head for other labels is refused before any training; a teacher can be a slice of its base model's
+layers ([teacher] layers, what --quick fine-tunes); and the export-only path bundles the model itself (no
+student)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -17,12 +19,13 @@ from click.testing import CliRunner
 from edgepack_runtime import Classifier
 from edgepack_runtime.data import DataError
 from test_pipeline import _tiny_overrides
+from tiny_models import save_tiny_encoder
 
 from edgepack import models, teacher
-from edgepack.cache import Cache
+from edgepack.cache import Cache, cache_key
 from edgepack.cli import main
 from edgepack.data import LabelledSplits, load_splits
-from edgepack.errors import RecipeError
+from edgepack.errors import RecipeError, StageError
 from edgepack.pipeline import build
 from edgepack.recipe import DataConfig, TeacherConfig, load_recipe
 from edgepack.training import TeacherResult, predict_logits
@@ -188,12 +191,91 @@ def test_label_map_mistakes_are_refused(
 
 
 def test_default_teacher_settings_keep_their_cache_key() -> None:
-    """Teachers cached before fine_tune and label_map existed keep their keys: both are left out at defaults."""
+    """Teachers cached before fine_tune, label_map and layers existed keep their keys: all three are left out
+    at their defaults."""
     before = {"model", "epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "seed"}
     assert set(teacher._key_settings(TeacherConfig())) == before
     assert set(teacher._key_settings(load_recipe("clinc").teacher)) == before
     assert teacher._key_settings(TeacherConfig(fine_tune="always"))["fine_tune"] == "always"
-    assert set(asdict(TeacherConfig())) == before | {"fine_tune", "label_map"}
+    assert teacher._key_settings(TeacherConfig(layers=[0, 2]))["layers"] == [0, 2]
+    assert set(asdict(TeacherConfig())) == before | {"fine_tune", "label_map", "layers"}
+    # The clinc teacher's settings key, as it was before any of the three existed:
+    assert cache_key(teacher._key_settings(load_recipe("clinc").teacher)) == "6c8095d712f44804"
+
+
+@pytest.fixture(scope="module")
+def bert3(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A 3-layer BERT base model (no head) with the tiny WordPiece tokenizer."""
+    folder = tmp_path_factory.mktemp("bert3")
+    return save_tiny_encoder(folder, "bert", models.load_tokenizer(tiny_model), layers=3, heads=2)
+
+
+def test_teacher_layers_fine_tune_a_slice_of_the_base_model(
+    tmp_path: Path, tiny_data: Path, bert3: Path
+) -> None:
+    """[teacher] layers = [0, 2] of a 3-layer model: a 2-layer model is fine-tuned, cached and recorded; "auto"
+    resolves to the same list by the auto_layers rule, so it is the same cached teacher."""
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    settings = {"model": str(bert3), "epochs": 1, "batch_size": 8}
+    sliced = _run(splits, tmp_path, layers=[0, 2], **settings)
+    config = json.loads((sliced.model_dir / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and sliced.model_dir.parent.name.startswith("teacher-")
+    assert len(models.load_classifier(sliced.model_dir).bert.encoder.layer) == 2
+    record = sliced.record
+    assert record["fine_tuned_here"] is True and record["cached"] is False
+    assert (record["kept_layers"], record["base_layers"], record["layers"]) == ([0, 2], 3, 2)
+    assert record["settings"]["layers"] == [0, 2] and "layers_rule" not in record
+    assert sliced.logits["train"].shape == (40, len(DATA_LABELS))
+    auto = _run(splits, tmp_path, layers="auto", **settings)
+    assert auto.record["cached"] is True and auto.record["cache_key"] == sliced.record["cache_key"]
+    assert auto.record["kept_layers"] == [0, 2] and "round(2N/3)" in auto.record["layers_rule"]
+    whole = _run(splits, tmp_path, **settings)
+    assert whole.record["cache_key"] != sliced.record["cache_key"] and whole.record["layers"] == 3
+    assert whole.record["kept_layers"] is None and "layers" not in whole.record["settings"]
+
+
+def test_teacher_layers_mistakes_are_refused_before_training(
+    tmp_path: Path, tiny_data: Path, bert3: Path, tiny_model: Path
+) -> None:
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    headed = tmp_path / "headed"  # a head for the data's labels: fine_tune = "auto" uses it as it is
+    models.load_classifier(bert3, DATA_LABELS).save_pretrained(headed, safe_serialization=True)
+    models.load_tokenizer(bert3).save_pretrained(headed)
+    with pytest.raises(
+        RecipeError,
+        match=r'\[teacher\] layers needs fine-tuning: .* set fine_tune = "always" or remove layers',
+    ) as caught:
+        _run(splits, tmp_path, model=str(headed), layers=[0])
+    assert "\n" not in str(caught.value)
+    kept = _run(splits, tmp_path, model=str(headed), layers="auto")  # --quick: the checkpoint as it is
+    assert kept.record["kept_layers"] is None and kept.record["layers"] == 3
+    shutil.rmtree(tmp_path / "cache")
+    beyond = r"\[teacher\] layers = \[0, 3\] asks for layer 3, but .*bert3.* has 3 layers \(0..2\)"
+    with pytest.raises(RecipeError, match=beyond):
+        _run(splits, tmp_path, model=str(bert3), layers=[0, 3])
+    electra = save_tiny_encoder(
+        tmp_path / "electra", "electra", models.load_tokenizer(tiny_model), layers=2, heads=2
+    )
+    unknown = r"\[teacher\] layers = 'auto' needs a model of a known encoder family .*'electra'.*Remove \[teacher\] layers"
+    with pytest.raises(RecipeError, match=unknown):
+        _run(splits, tmp_path, model=str(electra), layers="auto")
+    assert not (tmp_path / "cache").exists(), "refused before any training or caching"
+
+
+def test_keeping_layers_is_one_function(bert3: Path) -> None:
+    """architectures.keep_encoder_layers: what the teacher stage and the students from the teacher's layers use."""
+    from edgepack import architectures
+
+    model = models.load_classifier(bert3, ["a", "b"])
+    blocks = list(model.bert.encoder.layer)
+    kept = architectures.keep_encoder_layers(model, [2, 0], "x", "y", setting="[teacher] layers")
+    assert kept is model and list(model.bert.encoder.layer) == [blocks[2], blocks[0]]
+    assert model.config.num_hidden_layers == 2
+    assert [b.attention.self.layer_idx for b in model.bert.encoder.layer] == [0, 1]
+    with pytest.raises(
+        StageError, match=r"\[teacher\] layers = \[2\] asks for layer 2, but the model has 2 layers"
+    ):
+        architectures.keep_encoder_layers(model, [2], "x", "y", setting="[teacher] layers")
 
 
 def test_export_only_bundles_the_checkpoint_itself(tmp_path: Path, taught: TeacherResult) -> None:
@@ -264,3 +346,28 @@ def test_export_only_prunes_the_teacher_when_asked(tmp_path: Path, tiny_data: Pa
         32,
     ]
     assert pruning["recovery"]["epochs"] == 1.0 and m["model"]["layers"] == 2
+
+
+def test_the_quick_overlay_bundles_a_fine_tuned_slice(tmp_path: Path, tiny_recipe: Path, bert3: Path) -> None:
+    """`--quick`: "auto" layers of the base model ([0, 2] of 3) fine-tuned directly and bundled as they are
+    (export-only: no search, no distillation); the dry run says so first."""
+    args = ["build", "--recipe", str(tiny_recipe), "--quick", "--teacher", str(bert3), "--name", "quick"]
+    args += ["--set", "teacher.epochs=3", "--set", "teacher.learning_rate=1e-3"]  # the tiny model's budget
+    dry = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert (
+        "keeping layers [0, 2] of its 3" in dry.stdout
+        and "none: the teacher itself is exported" in dry.stdout
+    )
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "bundles" / "quick" / "manifest.json").read_text())
+    assert m["recipe"]["teacher"]["layers"] == "auto" and m["recipe"]["distill"]["student"] == "teacher"
+    assert (m["teacher"]["kept_layers"], m["teacher"]["base_layers"], m["teacher"]["layers"]) == (
+        [0, 2],
+        3,
+        2,
+    )
+    assert m["model"]["layers"] == 2 and m["optimization"]["fused_operators"]["Attention"] == 2
+    assert "export-only" in m["distillation"]["skipped"] and "search" not in m["distillation"]
+    assert m["distillation"]["cache_key"] == m["teacher"]["cache_key"] and m["pruning"] is None

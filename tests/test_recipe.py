@@ -38,6 +38,10 @@ def test_overrides_reach_nested_values() -> None:
         ({"distill.layers": [0, 0]}, r"\[distill\] layers = \[0, 0\] is invalid"),
         ({"distill.layers": "half"}, r"\[distill\] layers = 'half' is invalid: expected .*, or \"auto\""),
         ({"data.max_length": 4096}, r"\[data\] max_length = 4096 is invalid"),
+        ({"teacher.layers": []}, r"\[teacher\] layers = \[\] is invalid: expected a non-empty list"),
+        ({"teacher.layers": [1, 1]}, r"\[teacher\] layers = \[1, 1\] is invalid: expected .*distinct"),
+        ({"teacher.layers": [-1]}, r"\[teacher\] layers = \[-1\] is invalid"),
+        ({"teacher.layers": "half"}, r"\[teacher\] layers = 'half' is invalid: expected .*\"auto\""),
     ],
 )
 def test_bad_values_name_the_key_and_value(overrides: dict, message: str) -> None:
@@ -102,10 +106,13 @@ def test_quick_budget_matches_the_clinc_quick_recipe() -> None:
     quick = load_recipe("clinc", overlays=(QUICK_OVERLAY,)).to_dict()
     recipe = load_recipe("clinc-quick").to_dict()
     for section in ("teacher", "search", "distill"):
-        differs = {k for k in quick[section] if quick[section][k] != recipe[section][k]}
-        assert differs == ({"layers"} if section == "distill" else set()), section
-    assert quick["teacher"]["epochs"] == 1 and quick["search"]["trials"] == 2
+        assert quick[section] == recipe[section], section
+    # A slice of the base model's layers fine-tuned directly, bundled without distillation (export-only).
+    budget = {"layers": "auto", "epochs": 2, "learning_rate": 3e-4, "warmup_ratio": 0.1}
+    assert {k: quick["teacher"][k] for k in budget} == budget
+    assert quick["distill"]["student"] == "teacher" and quick["distill"]["hidden_weight"] == 0
     assert quick["package"] == load_recipe("clinc").to_dict()["package"], "--quick keeps the recipe's name"
+    assert load_recipe("clinc").teacher.layers is None, "without the overlay every layer is fine-tuned"
 
 
 def test_settings_a_quantization_mode_ignores_are_refused() -> None:
@@ -202,3 +209,10 @@ def test_auto_layers_are_checked_against_the_teacher_depth(tiny_family_model: Ca
     with pytest.raises(RecipeError, match=kept):
         distill.check_depth(hub.distill, hub.prune, teacher)
     distill.check_depth(load_recipe("clinc").distill, hub.prune, "org/model")  # a list: no teacher is read
+    # [teacher] layers: the teacher is the slice, so "auto" student layers come from its depth (2 of 3 here).
+    sliced = r"\(\[distill\] layers = \"auto\": \[0\] of the teacher's 2 layers\)"
+    for layers in ([0, 2], "auto"):
+        with pytest.raises(RecipeError, match=rf"keep_layers = 2 is invalid: .*student's 1 layers {sliced}"):
+            load_recipe("generic", base | {"teacher.layers": layers, "prune.keep_layers": 2})
+        with pytest.raises(RecipeError, match=rf"keep_layers = 3 is invalid: .*student's 1 layers {sliced}"):
+            distill.check_depth(hub.distill, hub.prune, teacher, layers)
