@@ -18,8 +18,10 @@ layers and structured pruning need one of these families.
 
 from __future__ import annotations
 
+import json
 import operator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,6 +146,15 @@ def config_layers(config: dict[str, Any]) -> int | None:
     if family is None or not isinstance(config.get(family.layers_key), int):
         return None
     return int(config[family.layers_key])
+
+
+def folder_depth(folder: Path) -> tuple[int | None, Any]:
+    """(the encoder's layer count from `folder`'s config.json, None for a family edgepack does not know; its
+    model_type). Raises OSError or ValueError when config.json cannot be read as JSON."""
+    values = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if not isinstance(values, dict):
+        return None, None
+    return config_layers(values), values.get("model_type")
 
 
 def keep_encoder_layers(

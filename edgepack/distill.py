@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import math
 import shutil
@@ -68,12 +67,10 @@ def student_from_teacher_layers(teacher: Any, layers: list[int]) -> Any:
 def teacher_depth(model_dir: Path) -> int:
     """The teacher's encoder layer count, from its config.json (where its family keeps it)."""
     try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        depth, model_type = architectures.folder_depth(model_dir)
     except (OSError, ValueError) as exc:
         raise StageError(f"distill: cannot read the teacher's config.json in {model_dir}: {exc}.") from None
-    depth = architectures.config_layers(config) if isinstance(config, dict) else None
     if depth is None:
-        model_type = config.get("model_type") if isinstance(config, dict) else None
         raise StageError(
             f'[distill] layers = "{AUTO_LAYERS}" needs a teacher of a known encoder family '
             f"({architectures.SUPPORTED}); {model_dir} is model_type {model_type!r}. Set [distill] student to a "

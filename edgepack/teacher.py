@@ -10,7 +10,6 @@ student step: the distillation reads the cached training-set logits).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -140,10 +139,8 @@ def _slice(base_dir: Path, config: TeacherConfig, head: _Head) -> tuple[TeacherC
             f"[teacher] layers needs fine-tuning: {config.model} has a head for these labels, which fine_tune = "
             '"auto" uses as it is (no training, all of its layers); set fine_tune = "always" or remove layers.'
         )
-    values = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
-    depth = architectures.config_layers(values) if isinstance(values, dict) else None
+    depth, model_type = architectures.folder_depth(base_dir)
     if depth is None:
-        model_type = values.get("model_type") if isinstance(values, dict) else None
         raise RecipeError(
             f"[teacher] layers = {config.layers!r} needs a model of a known encoder family "
             f"({architectures.SUPPORTED}); {config.model} is model_type {model_type!r}. {_NO_LAYERS}"
