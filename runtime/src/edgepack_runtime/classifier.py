@@ -257,7 +257,7 @@ class Classifier:
         rows, blank = self._tokenize(texts) if texts else ([], [])
         if not self._batch_invariant:
             batch_size = 1  # keep every answer equal to predict(text): see batch_invariant
-        if len(rows) == 1:  # predict(): nothing to order or gather (a tenth of a small bundle's time)
+        if len(rows) == 1:  # predict(): nothing to order or gather
             logits, graph_scores = self._run(rows)
             probs = _softmax(logits)
             scores = graph_scores if graph_scores is not None else np.empty(1, dtype=np.float32)
