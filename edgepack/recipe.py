@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import re
 import tomllib
 import types
@@ -578,16 +577,15 @@ def check_student_depth(distill: DistillConfig, prune: PruneConfig, teacher_laye
 def local_depth(model: str) -> int | None:
     """The layer count of a teacher in a local folder, from its config.json; None for any other teacher (a Hub
     id, a package) or a family edgepack does not know: the distill stage reads those."""
-    config = Path(model).expanduser() / "config.json"
+    folder = Path(model).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    from edgepack.architectures import folder_depth  # torch: only for "auto" layers and a local teacher
+
     try:
-        values = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else None
+        return folder_depth(folder)[0]
     except (OSError, ValueError):
         return None
-    if not isinstance(values, dict):
-        return None
-    from edgepack.architectures import config_layers  # torch: only for "auto" layers and a local teacher
-
-    return config_layers(values)
 
 
 def _plain(value: Any) -> Any:
