@@ -273,93 +273,14 @@ def rebuild(
         click.echo(f"wrote {json_path}")
 
 
-DEFAULT_DATA = Path("..") / "shared" / "data" / "clinc150"
-
-
-class _Reading:
-    """How `edgepack bench` reads labelled data: as the first bundle's build read it (its manifest's data
-    record says what it carved), with --text-column / --label-column, and --oos-label renamed to the
-    bundle's out-of-scope label."""
-
-    def __init__(self, bundle: Path, text_column: str, label_column: str, oos_label: str | None) -> None:
-        import json
-
-        from edgepack.bench.contenders import read_manifest
-
-        manifest = read_manifest(bundle)
-        self.built = manifest.get("data") if isinstance(manifest.get("data"), dict) else None
-        oos = manifest.get("oos")
-        try:  # a bundle without an out-of-scope rule may still have a class called oos
-            has_oos_class = "oos" in json.loads((bundle / "labels.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, TypeError):
-            has_oos_class = False
-        self.bundle_oos = oos.get("label") if isinstance(oos, dict) else ("oos" if has_oos_class else None)
-        self.columns = (text_column, label_column)
-        self.oos_label = oos_label
-
-    def split(self, source: str, split: str, option: str) -> tuple[list[tuple[str, str]], str | None]:
-        from edgepack_runtime.data import DataError
-        from edgepack_runtime.splits import rename_label
-
-        from edgepack.data import read_split
-
-        try:
-            pairs, note = read_split(source, split, *self.columns, self.built)
-        except (DataError, OSError, UnicodeDecodeError) as exc:
-            raise click.BadParameter(str(exc), param_hint=option) from None
-        if note:
-            click.echo(note, err=True)
-        if self.oos_label is not None and self.bundle_oos is not None:
-            pairs = rename_label(pairs, self.oos_label, self.bundle_oos)
-        return pairs, note
-
-
-def _bench_data(data: str | None, reading: _Reading) -> tuple[Path | None, list[tuple[str, str]] | None]:
-    """The labeled texts for accuracy: the test split of --data, else the CLINC test split beside the
-    project, else none."""
-    source = data if data is not None else (str(DEFAULT_DATA) if DEFAULT_DATA.exists() else None)
-    if source is None:
-        click.echo(
-            f"No --data and no {DEFAULT_DATA}: accuracy is not measured, latency uses built-in sample queries.",
-            err=True,
-        )
-        return None, None
-    return Path(source), reading.split(source, "test", "--data")[0]
-
-
-def _validation_data(
-    validation: str | None, source: Path | None, reading: _Reading
-) -> list[tuple[str, str]] | None:
-    """Texts to choose the teacher's out-of-scope threshold on and to draw the trade-off curves on:
-    --validation (one file: all of it), else the validation split of --data; none for a single --data file
-    of texts to measure (the teacher is then compared by argmax)."""
-    if validation is not None:
-        return reading.split(validation, "validation", "--validation")[0]
-    if source is None:
-        return None
-    pairs, note = reading.split(str(source), "validation", "--data")
-    single = source.is_file() and source.suffix.lower() != ".json"
-    return None if single and note is None else pairs
-
-
 def _writable(path: Path | None, option: str) -> None:
     if path is not None and not path.parent.resolve().is_dir():
         raise click.BadParameter(f"folder {path.parent} does not exist", param_hint=option)
 
 
-def _bundle_teacher(bundle: Path) -> str | None:
-    """The bundle's own teacher when its build's cache still holds it, saying which on stderr; else None."""
-    from edgepack.bench.contenders import bundle_teacher
-
-    folder, ready = bundle_teacher(bundle)
-    if ready:
-        click.echo(f"comparing with the bundle's teacher at {folder} (--no-teacher to skip it)", err=True)
-        return str(folder)
-    if folder is not None:
-        click.echo(
-            f"no teacher to compare with: the bundle's is not at {folder} any more (pass --teacher)", err=True
-        )
-    return None
+# where `edgepack bench` looks for labelled data without --data: named in its help, so defined here, not in
+# edgepack.bench (importing which checks the bench extra)
+DEFAULT_DATA = Path("..") / "shared" / "data" / "clinc150"
 
 
 @main.command(context_settings=CONTEXT)
@@ -452,81 +373,37 @@ def bench(
     The first bundle is highlighted in the plot and is the graph the peer runs; its own teacher is the one
     compared with, unless --teacher names another or --no-teacher none. Needs the bench extra:
     pip install 'edgepack[bench]'."""
-    import json
-
-    from edgepack_runtime import BundleError
-
     try:
         import edgepack.bench  # noqa: F401 - checks the bench extra (edgepack.bench.MissingExtra)
     except ImportError as exc:
         raise click.ClickException(str(exc)) from None
-    from edgepack.bench import contenders as lib
-    from edgepack.bench import measure
-    from edgepack.bench import report as show
-    from edgepack.bench.floor import gemm_rates
+    from edgepack.bench import command
 
     if teacher is not None and no_teacher:
         raise click.UsageError("--teacher and --no-teacher exclude each other")
     _writable(json_path, "--json")
     _writable(plot_path, "--plot")
-    for path in bundles:
-        if not path.is_dir():
-            raise click.BadParameter(f"{path}: no such bundle folder", param_hint="BUNDLE")
-    reading = _Reading(bundles[0], text_column, label_column, oos_label)
-    source, pairs = _bench_data(data, reading)
-    say = lambda message: click.echo(message, err=True)  # noqa: E731
-    if teacher is None and not no_teacher:
-        teacher = _bundle_teacher(bundles[0])
-    validation_pairs = _validation_data(validation, source, reading)
-    contenders: list[lib.Contender] = []
-    skipped: list[dict[str, str]] = []
-    try:
-        try:
-            lib.load_contenders(
-                bundles,
-                teacher,
-                peer,
-                validation_pairs,
-                threads,
-                contenders,
-                skipped,
-                say,
-                optimum_teacher=not no_optimum_teacher,
-            )
-        except lib.InvalidBundle as exc:
-            raise click.BadParameter(str(exc), param_hint="BUNDLE") from None
-        rates = None
-        if floor:
-            say(f"measuring this CPU's FP32 and INT8 matrix-multiply rates on {threads} thread(s) ...")
-            rates = gemm_rates(threads)
-        report = measure.run(
-            contenders,
-            measure.latency_queries(pairs),
-            pairs,
-            threads=threads,
-            batch_size=batch_size,
-            runs=runs,
-            warmup=warmup,
-            block=block,
-            data=source,
-            skipped=skipped,
-            rates=rates,
-            validation=validation_pairs,
-            log=say,
-        )
-    except (EdgepackError, BundleError, ValueError, RuntimeError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        for c in contenders:
-            for clean in c.cleanup:
-                clean()
-    click.echo(show.format_table(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
-        click.echo(f"wrote {json_path}")
-    if plot_path is not None:
-        show.plot(report, plot_path)
-        click.echo(f"wrote {plot_path}")
+    command.run(
+        bundles,
+        default_data=DEFAULT_DATA,
+        teacher=teacher,
+        no_teacher=no_teacher,
+        no_optimum_teacher=no_optimum_teacher,
+        peer=peer,
+        data=data,
+        validation=validation,
+        text_column=text_column,
+        label_column=label_column,
+        oos_label=oos_label,
+        threads=threads,
+        batch_size=batch_size,
+        runs=runs,
+        block=block,
+        warmup=warmup,
+        floor=floor,
+        json_path=json_path,
+        plot_path=plot_path,
+    )
 
 
 @main.command(context_settings=CONTEXT)

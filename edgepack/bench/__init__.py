@@ -8,6 +8,8 @@ matplotlib for the plot).
   measure     how: interleaved batch-1 latency, throughput, accuracy, and the JSON report (its keys documented)
   floor       each bundle's physical floor: its graph's multiply-accumulates over this CPU's GEMM rates
   report      the terminal tables and the plot, drawn from the JSON report alone
+  command     the `edgepack bench` command behind its click options: reads the data, picks the teacher, runs
+              the above and writes the report (edgepack.cli imports it inside the command, after this check)
 
 Importing this package checks that the extra is installed (as model2vec's `distill` package checks its own)
 and raises MissingExtra, an ImportError naming the extra, when it is not.
