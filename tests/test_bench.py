@@ -282,6 +282,37 @@ def test_bad_arguments_are_clear_errors(built: tuple[Path, Path], tmp_path: Path
     assert code == 2 and "BUNDLE" in output
 
 
+def test_the_datas_oos_label_is_renamed_to_the_bundles(
+    built: tuple[Path, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """The tiny data with its out-of-scope class called `out_of_scope` (the bundle's is `oos`): unknown to the
+    bundle without --oos-label; with it, scored as the build scored the original data."""
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for split in ("train", "validation", "test"):
+        with (tiny_data / f"{split}.csv").open(newline="", encoding="utf-8") as handle:
+            rows = [[text, "out_of_scope" if label == "oos" else label] for text, label in csv.reader(handle)]
+        with (renamed / f"{split}.csv").open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(rows)
+    bundle = built[0]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["oos"]["label"] == "oos"
+    args = [str(bundle), "--data", str(renamed), "--no-teacher", "--no-floor", *FAST]
+    accuracy = {}
+    for option in ([], ["--oos-label", "out_of_scope"]):
+        out_json = tmp_path / f"r{len(option)}.json"
+        code, output = _bench(*args, *option, "--json", str(out_json))
+        assert code == 0, output
+        (row,) = json.loads(out_json.read_text())["contenders"]
+        accuracy[bool(option)] = row["accuracy"]
+    unnamed, named = accuracy[False], accuracy[True]
+    assert unnamed["unknown_labels"] == ["out_of_scope"] and unnamed["oos_recall"] is None
+    assert named["unknown_labels"] == [] and named["oos_label"] == "oos" and named["texts"] == 10
+    assert named["oos_recall"] is not None and set(named["tradeoff"]) == {"test", "validation"}
+    assert named["accuracy"] == pytest.approx(manifest["metrics"]["test_thresholded"]["accuracy"])
+    assert named["argmax_accuracy"] == pytest.approx(manifest["metrics"]["test"]["accuracy"])
+
+
 def test_summary_percentiles_are_ordered() -> None:
     stats = summarize([5.0, 1.0, 3.0, 2.0, 100.0, 4.0], warmup=3)
     assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= 100.0

@@ -5,6 +5,8 @@ recipe, the manifest says what was carved and truncated, and both benches read e
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +226,66 @@ def test_build_refusals_name_the_fix(intents: Path, tmp_path: Path) -> None:
     settings = ["--set", "evaluate.rejection_label=unsure", "--set", "evaluate.oos_threshold=auto"]
     result = _build("--data", str(intents), *COLUMNS, *settings, "--dry-run")
     assert result.exit_code == 2 and "oos_threshold = 'auto' is invalid" in result.output
+
+
+# A dataset with its own column names, then one of the four mistakes a dry run refuses: the mistake's file and
+# bytes, and what the one `Error:` line must say ({file}: that file; it names the line, the problem and the fix).
+REFUSED_TRAIN = (
+    b"utterance,intent\nhello there,greet\nhi you,greet\ngood morning,greet\nbye now,leave\nsee you,leave\n"
+)
+REFUSALS = {
+    "test label train never saw": (
+        "test.csv",
+        b"stop it,halt\n",
+        [
+            "(first at {file} line 4)",
+            "labels that never occur in train: ['halt']",
+            "add training examples of it",
+        ],
+    ),
+    "empty text": (
+        "train.csv",
+        b"   ,leave\n",
+        ["{file}: line 7: empty text", "fill in its text or remove the row"],
+    ),
+    "class with one example": (
+        "train.csv",
+        b"wave,hello\n",
+        [
+            "{file} line 7: class 'hello' has a single training example",
+            "Add examples of it, or remove its row",
+        ],
+    ),
+    "not UTF-8": (
+        "train.csv",
+        b"caf\xe9 au lait,greet\n",
+        [
+            f"{{file}}: is not UTF-8: byte 0xe9 at byte offset {len(REFUSED_TRAIN) + 3} (line 7)",
+            "re-save the file as UTF-8",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(REFUSALS))
+def test_bad_data_is_one_error_line_naming_file_row_and_fix(tmp_path: Path, mistake: str) -> None:
+    """The real `edgepack build --dry-run` (a subprocess: its own stderr, logging included) on train.csv and
+    test.csv with non-default columns: exit 1, a single `Error:` line, no traceback."""
+    files = {"train.csv": REFUSED_TRAIN, "test.csv": b"utterance,intent\nhello,greet\nbye,leave\n"}
+    name, line, expected = REFUSALS[mistake]
+    files[name] += line
+    for file, content in files.items():
+        (tmp_path / file).write_bytes(content)
+    args = ["build", "--data", str(tmp_path), "--text-column", "utterance", "--label-column", "intent"]
+    result = subprocess.run(
+        [sys.executable, "-m", "edgepack.cli", *args, "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    (error,) = result.stderr.splitlines()
+    assert error.startswith("Error: ")
+    for fragment in expected:
+        assert fragment.format(file=tmp_path / name) in error, error

@@ -1,10 +1,11 @@
 """Fine-tuned checkpoints keep their heads: id2label names in another order are mapped, LABEL_N heads take a
 label_map, a head for other labels is refused before any training; a teacher can be a slice of its base model's
-layers ([teacher] layers, what --quick fine-tunes); and the export-only path bundles the model itself (no
-student)."""
+layers ([teacher] layers, what --quick fine-tunes); the export-only path bundles the model itself (no
+student); and a fine-tuned checkpoint is distilled as it is (not trained again)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -50,7 +51,7 @@ def taught(
 def _checkpoint(taught: TeacherResult, folder: Path, names: list[str] | None) -> Path:
     """The fine-tuned model with its classes in ORDER, named `names` (None: LABEL_0..LABEL_4), as a checkpoint."""
     model = models.load_classifier(taught.model_dir)
-    out = model.classifier.out_proj
+    out = getattr(model.classifier, "out_proj", model.classifier)  # RoBERTa's head, or BERT's Linear
     with torch.no_grad():
         out.weight.copy_(out.weight[ORDER])
         out.bias.copy_(out.bias[ORDER])
@@ -317,6 +318,58 @@ def test_export_only_bundles_the_checkpoint_itself(tmp_path: Path, taught: Teach
     assert result.exit_code == 0, result.output
     rows = {r["kind"]: r for r in json.loads(report.read_text())["contenders"]}
     assert rows["teacher"]["path"] == str(folder) and rows["teacher"]["accuracy"] is not None
+
+
+@pytest.mark.parametrize(("family", "layers"), [("distilbert", [0, 2]), ("bert", [0])])
+def test_a_fine_tuned_checkpoint_is_distilled_without_training_it_again(
+    tmp_path: Path,
+    tiny_data: Path,
+    tiny_model: Path,
+    tiny_family_model: Callable[[str], Path],
+    family: str,
+    layers: list[int],
+) -> None:
+    """A DistilBERT / BERT classifier fine-tuned on the tiny data, its classes in another order named by
+    config.id2label: the build keeps it as the teacher (no training, its own weights and label order) and
+    distills a student from its own layers into a bundle."""
+    base = tiny_model if family == "bert" else tiny_family_model(family)
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    tuned = _run(splits, tmp_path / "tuning", model=str(base), epochs=30, learning_rate=3e-3, batch_size=8)
+    names = [DATA_LABELS[i] for i in ORDER]
+    folder = _checkpoint(tuned, tmp_path / "checkpoint", names)
+    weights = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    overrides = _tiny_overrides(tmp_path, tiny_data, folder) | {
+        "search.trials": 0,
+        "distill.layers": layers,
+        "distill.epochs": 1,
+        "package.name": f"{family}-checkpoint",
+    }
+    bundle = build(load_recipe("clinc", overrides))
+    m = json.loads((bundle / "manifest.json").read_text())
+    kept = m["teacher"]
+    assert kept["fine_tuned_here"] is False and kept["settings"] is None and kept["head"] == "checkpoint's"
+    assert kept["model"] == str(folder) and kept["weights_sha256"] == {"model.safetensors": weights}
+    assert not list((tmp_path / "cache").glob("teacher-*/model")), "no fine-tuned copy of the teacher"
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == weights
+    # The teacher's logits are the checkpoint's own, in its id2label order, and so is its recorded accuracy.
+    model, tokenizer = models.load_classifier(folder), models.load_tokenizer(folder)
+    cached = tmp_path / "cache" / f"teacher-{kept['cache_key']}"
+    for split, texts in splits.texts.items():
+        logits = predict_logits(model, tokenizer, texts, MAX_LENGTH)
+        np.testing.assert_allclose(np.load(cached / f"logits-{split}.npy"), logits, atol=1e-5)
+        gold = [splits.labels[i] for i in splits.label_ids[split]]
+        accuracy = np.mean([names[i] == g for i, g in zip(logits.argmax(axis=1), gold, strict=True)])
+        if split == "train":  # a checkpoint that tells the classes apart, so that their names matter
+            assert accuracy > 0.4 and len(set(logits.argmax(axis=1))) >= 3, accuracy
+        else:
+            assert m["metrics"]["teacher"][split]["accuracy"] == pytest.approx(accuracy)
+    distilled = m["distillation"]
+    assert distilled["student"] == "teacher-layers" and distilled["layers"] == layers
+    assert "skipped" not in distilled and distilled["teacher_parameters"] == kept["parameters"]
+    assert m["model"]["architecture"] == family and m["model"]["layers"] == len(layers)
+    assert json.loads((bundle / "labels.json").read_text()) == names, "the checkpoint's label order"
+    clf = Classifier.load(bundle, threads=1)
+    assert clf.labels == names and clf.predict(splits.texts["test"][0]).label in names
 
 
 def test_export_only_flag(tiny_recipe: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from edgepack_runtime.data import DataError
 
-from edgepack import data
+from edgepack import data, models
 from edgepack.data import load_splits
 from edgepack.errors import RecipeError
 from edgepack.recipe import DataConfig
@@ -192,6 +193,61 @@ def test_parquet_with_class_label_features(tmp_path: Path) -> None:
     assert splits.record["label_names"] is None, "ClassLabel ids are named by the file itself"
 
 
+def test_a_hub_dataset_is_read_with_its_class_label_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--data name:config` with the Hub reachable: `datasets.load_dataset` (faked: it returns a real in-memory
+    DatasetDict of train and test only, a ClassLabel label) gets the name and the config; labels are the
+    ClassLabel names, validation is carved from train, and edgepack bench's reader carves the same split."""
+    import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    names = ["leave", "greet", "weather"]  # ClassLabel order, not sorted: ids must be named, not sorted
+    features = datasets.Features(
+        {"utterance": datasets.Value("string"), "intent": datasets.ClassLabel(names=names)}
+    )
+    rows = {
+        "train": [(f"{WORDS[i]} {name} text {n}", i) for i, name in enumerate(names) for n in range(10)],
+        "test": [(f"held out {name}", i) for i, name in enumerate(names)],
+    }
+    hub = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"utterance": [t for t, _ in pairs], "intent": [i for _, i in pairs]}, features
+            )
+            for split, pairs in rows.items()
+        }
+    )
+    calls: list[tuple[str, str | None]] = []
+
+    def load_dataset(path: str, name: str | None = None, **kwargs: object) -> datasets.DatasetDict:
+        calls.append((path, name))
+        return hub
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    config = DataConfig(
+        source="acme/intents:en", text_column="utterance", label_column="intent", oos_label=None
+    )
+    splits = load_splits(config)
+    assert calls == [("acme/intents", "en")]
+    assert splits.labels == ["greet", "leave", "weather"]
+    named = {t: names[i] for pairs in rows.values() for t, i in pairs}
+    for split in ("train", "validation", "test"):
+        got = [splits.labels[i] for i in splits.label_ids[split]]
+        assert got == [named[t] for t in splits.texts[split]], f"{split}: a ClassLabel id named wrongly"
+    assert {s: len(v) for s, v in splits.texts.items()} == {"train": 27, "validation": 3, "test": 3}
+    record = splits.record
+    assert record["source"] == "acme/intents:en" and record["files"]["test"] == "acme/intents:en test"
+    assert record["label_names"] == {"from": "the ClassLabel features of acme/intents:en", "names": 3}
+    carved = record["carved"]
+    assert carved["validation"] == {"fraction": 0.1, "size": 3} and "test" not in carved
+    assert carved["from"] == "acme/intents:en train"
+    assert sorted(splits.labels[i] for i in splits.label_ids["validation"]) == sorted(names), "stratified"
+    pairs, note = data.read_split("acme/intents:en", "validation", "utterance", "intent", record)
+    assert [t for t, _ in pairs] == splits.texts["validation"] and note is not None
+    load_splits(dataclasses.replace(config, source="acme/intents"))
+    assert calls[-1] == ("acme/intents", None), "no :config, no config"
+
+
 def test_an_integer_label_the_map_does_not_name_is_refused(tmp_path: Path) -> None:
     _csv(tmp_path / "train.csv", [*_rows({0: 4, 1: 4}), ("unnamed one", 2), ("unnamed two", 2)])
     (tmp_path / "labels.json").write_text('["balance", "transfer"]', encoding="utf-8")
@@ -273,6 +329,42 @@ def test_max_length_auto_and_truncation_counts(
     assert fixed == 8 and "max_length 8 truncates" in caplog.text and 'or set "auto"' in caplog.text
     with pytest.raises(RecipeError, match=r"max_length = 128 is more than the teacher serves \(64 tokens\)"):
         data.run(dataclasses.replace(config, max_length=128), str(tiny_model))
+
+
+@pytest.mark.parametrize("stated", [None, 48], ids=["position-table", "tokenizer-model-max-length"])
+def test_max_length_auto_is_capped_at_the_model_limit(
+    tmp_path: Path, tiny_model: Path, stated: int | None
+) -> None:
+    """Training texts longer than the model serves: "auto" (their 99th percentile, above the limit) is the
+    limit: the tiny BERT's 64 positions, or a smaller model_max_length its tokenizer states."""
+    model = tiny_model
+    if stated is not None:
+        model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+        tokenizer = models.load_tokenizer(model)
+        tokenizer.model_max_length = stated
+        tokenizer.save_pretrained(model)
+    limit = stated or 64
+    folder = tmp_path / "data"
+    folder.mkdir()
+    texts = {
+        0: ["what is my balance " * (20 + i) for i in range(10)],
+        1: ["send money " * (40 + i) for i in range(10)],
+    }
+    _csv(folder / "train.csv", [(t, label) for label, ts in texts.items() for t in ts])
+    _csv(folder / "test.csv", [("balance", 0), ("send money", 1)])
+    config = DataConfig(
+        source=str(folder),
+        text_column="utterance",
+        label_column="intent_id",
+        oos_label=None,
+        max_length="auto",
+    )
+    splits, max_length = data.run(config, str(model))
+    record = splits.record
+    assert record["token_lengths"]["train"]["p99"] > 64, "the data asks for more than the model serves"
+    assert max_length == record["max_length"] == record["model_limit"] == limit
+    assert f"capped at the model's {limit}" in record["max_length_rule"]
+    assert record["truncated"] == {"train": 18, "validation": 2, "test": 0}, "every training text is cut"
 
 
 def test_one_split_file_of_a_folder_says_what_it_leaves_unread(
