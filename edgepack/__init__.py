@@ -4,7 +4,8 @@ From Python, as the CLI does it::
 
     from edgepack import build, load_recipe
 
-    bundle = build(load_recipe("generic", {"data.source": "mydata/", "data.label_column": "intent"}))
+    built = build(load_recipe("generic", {"data.source": "mydata/", "data.label_column": "intent"}))
+    print(built.path, built.manifest["metrics"]["test"]["accuracy"])
 
 `build` and `load_recipe` are imported on first use, so `import edgepack` stays light (no torch).
 """

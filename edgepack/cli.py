@@ -174,7 +174,7 @@ def build(
     from edgepack.pipeline import build as run_build
 
     with _interruptible("bundle", (EdgepackError, ValueError)):
-        bundle = run_build(resolved, force=force, sign_key=sign_key)
+        bundle = run_build(resolved, force=force, sign_key=sign_key).path
     _summary(bundle)
     if sign_key is not None:
         click.echo(f"  signed with {sign_key}: check with edgepack-run verify {bundle} --public-key KEY.pub")

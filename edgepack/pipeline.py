@@ -10,14 +10,18 @@ place. Intermediate files live in a work folder that is removed at the end, what
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edgepack_runtime.bundle import MANIFEST
 
 from edgepack import (
     __version__,
@@ -118,8 +122,16 @@ def _manifest(
     }
 
 
-def build(recipe: Recipe, *, force: bool = False, sign_key: Path | None = None) -> Path:
-    """Run every stage and write the bundle; returns its folder. With sign_key (a private key file from
+@dataclass(frozen=True)
+class BuiltBundle:
+    """What build() wrote: the bundle's folder and its manifest, as read back from manifest.json."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+
+def build(recipe: Recipe, *, force: bool = False, sign_key: Path | None = None) -> BuiltBundle:
+    """Run every stage and write the bundle; returns its folder and manifest. With sign_key (a private key file from
     `edgepack keygen`), the staged bundle is signed (manifest.sig) before it is moved into place."""
     destination = Path(recipe.package.output_dir) / recipe.package.name
     package.check_destination(destination, force)
@@ -216,4 +228,5 @@ def build(recipe: Recipe, *, force: bool = False, sign_key: Path | None = None) 
                 signing.sign_folder(staging, signer)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return destination
+    manifest_text = (destination / MANIFEST).read_text(encoding="utf-8")
+    return BuiltBundle(destination, json.loads(manifest_text))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import tempfile
 import textwrap
@@ -160,8 +159,7 @@ def rebuild(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="edgepack-cache-")) if no_cache else None
         )
         built = build(rebuild_recipe(original, source, target.parent, fresh))
-    rebuilt = json.loads((built / MANIFEST).read_text(encoding="utf-8"))
-    return Rebuilt(bundle, built, compare(original, rebuilt))
+    return Rebuilt(bundle, built.path, compare(original, built.manifest))
 
 
 def _at(manifest: dict[str, Any], path: tuple[str, ...]) -> Any:

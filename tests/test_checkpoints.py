@@ -291,7 +291,7 @@ def test_export_only_bundles_the_checkpoint_itself(tmp_path: Path, taught: Teach
     overrides = _tiny_overrides(tmp_path, Path(taught.splits.source), folder) | {
         "package.name": "export-only"
     }
-    bundle = build(load_recipe(str(recipe), overrides))
+    bundle = build(load_recipe(str(recipe), overrides)).path
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["teacher"]["fine_tuned_here"] is False and m["teacher"]["label_map"] is not None
     assert m["distillation"]["student"] == "teacher" and "export-only" in m["distillation"]["skipped"]
@@ -344,7 +344,7 @@ def test_a_fine_tuned_checkpoint_is_distilled_without_training_it_again(
         "distill.epochs": 1,
         "package.name": f"{family}-checkpoint",
     }
-    bundle = build(load_recipe("clinc", overrides))
+    bundle = build(load_recipe("clinc", overrides)).path
     m = json.loads((bundle / "manifest.json").read_text())
     kept = m["teacher"]
     assert kept["fine_tuned_here"] is False and kept["settings"] is None and kept["head"] == "checkpoint's"
@@ -391,7 +391,7 @@ def test_export_only_prunes_the_teacher_when_asked(tmp_path: Path, tiny_data: Pa
         "prune.ffn_fraction": 0.5,
         "prune.multiple_of": 16,
     }
-    m = json.loads((build(load_recipe("clinc", overrides)) / "manifest.json").read_text())
+    m = build(load_recipe("clinc", overrides)).manifest
     pruning = m["pruning"]
     assert pruning["before"]["layers"] == m["teacher"]["layers"] == 2
     assert pruning["before"]["intermediate_size"] == [64, 64] and pruning["after"]["intermediate_size"] == [

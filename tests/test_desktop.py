@@ -70,7 +70,9 @@ def display() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model: Path) -> Path:
     tmp = tmp_path_factory.mktemp("desktop")
-    return build(load_recipe("clinc", _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0}))
+    return build(
+        load_recipe("clinc", _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0})
+    ).path
 
 
 class RunningApp:

@@ -82,7 +82,7 @@ def test_distillation_with_the_hidden_state_loss(tmp_path: Path, tiny_data: Path
         "prune.drop_layers": [0],
         "distill.layers": [0, 1],
     }
-    manifest = json.loads((build(load_recipe("clinc", overrides)) / "manifest.json").read_text())
+    manifest = build(load_recipe("clinc", overrides)).manifest
     assert manifest["distillation"]["settings"]["hidden_weight"] == 1.0
     assert manifest["pruning"]["recovery"]["hidden_weight"] == 1.0  # the recovery uses the same losses
 

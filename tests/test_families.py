@@ -64,7 +64,7 @@ def family_build(
     family = request.param
     tmp = tmp_path_factory.mktemp(f"build-{family}")
     overrides = _family_overrides(tmp, tiny_data, tiny_family_model(family))
-    return family, build(load_recipe("clinc", overrides)), overrides
+    return family, build(load_recipe("clinc", overrides)).path, overrides
 
 
 def test_the_family_table() -> None:
@@ -219,7 +219,7 @@ def test_an_unknown_family_ships_unfused_with_a_warning(
 ) -> None:
     overrides = _family_overrides(tmp_path, tiny_data, tiny_electra) | {"distill.student": "teacher"}
     with caplog.at_level(logging.WARNING, logger="edgepack.optimize"):
-        bundle = build(load_recipe("clinc", overrides))
+        bundle = build(load_recipe("clinc", overrides)).path
     assert any(
         "'electra' is not a family" in r.getMessage() and "ships unfused" in r.getMessage()
         for r in caplog.records
@@ -266,7 +266,7 @@ def test_auto_layers_come_from_the_teacher_depth(
     overrides |= {"distill.hidden_weight": 1.0, "prune.drop_layers": dropped, "prune.recovery_epochs": 1}
     recipe = load_recipe("generic", overrides)
     assert recipe.distill.layers == "auto"
-    m = json.loads((build(recipe) / "manifest.json").read_text())
+    m = build(recipe).manifest
     assert m["recipe"]["distill"]["layers"] == "auto"
     record = m["distillation"]
     assert record["layers"] == kept and record["settings"]["layers"] == kept

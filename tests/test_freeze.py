@@ -29,7 +29,9 @@ TEXTS = ["what is my account balance", "set an alarm for seven", "", "wire money
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model: Path) -> Path:
     """A tiny bundle built by the pipeline (as tests/test_bench.py builds it)."""
     tmp = tmp_path_factory.mktemp("freeze-bundle")
-    return build(load_recipe("clinc", _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0}))
+    return build(
+        load_recipe("clinc", _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0})
+    ).path
 
 
 def freeze(*args: str) -> Result:

@@ -34,7 +34,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model:
 
     tmp = tmp_path_factory.mktemp("built")
     recipe = load_recipe("clinc", _tiny_overrides(tmp, tiny_data, tiny_model))
-    return build(recipe)
+    return build(recipe).path
 
 
 def _tiny_overrides(tmp: Path, data: Path, model: Path) -> dict:
@@ -131,12 +131,15 @@ def test_second_build_reuses_the_cached_teacher(
     overrides = _tiny_overrides(Path(first["recipe"]["cache_dir"]).parent, tiny_data, tiny_model)
     overrides |= {"search.trials": 0, "package.output_dir": str(tmp_path)}
     second = build(load_recipe("clinc", overrides))
-    manifest = json.loads((second / "manifest.json").read_text())
+    manifest = second.manifest
+    assert manifest == json.loads(
+        (second.path / "manifest.json").read_text()
+    )  # what build() returns is on disk
     assert manifest["teacher"]["cached"] is True
     assert manifest["teacher"]["cache_key"] == first["teacher"]["cache_key"]
     assert "search" not in manifest["distillation"] and manifest["distillation"]["cached"] is False
     third = build(load_recipe("clinc", overrides | {"package.name": "third"}))
-    assert json.loads((third / "manifest.json").read_text())["distillation"]["cached"] is True
+    assert third.path.name == "third" and third.manifest["distillation"]["cached"] is True
 
 
 def test_existing_bundle_is_refused_without_force(built: Path, tiny_data: Path, tiny_model: Path) -> None:
@@ -196,7 +199,7 @@ def test_static_quantization_with_calibration(
     }
     bundle = build(
         load_recipe("clinc", overrides)
-    )  # the runtime warns if this CPU lacks the target's features
+    ).path  # the runtime warns if this CPU lacks the target's features
     q = json.loads((bundle / "manifest.json").read_text())["quantization"]
     assert q["mode"] == "static" and q["calibration_samples"] == 16 and q["weight_type"] == "int8"
     assert q["op_counts"].get("QuantizeLinear", 0) > 0 and q["op_counts"].get("DequantizeLinear", 0) > 0

@@ -405,11 +405,11 @@ def test_build_with_pruning_on(tmp_path: Path, tiny_data: Path, tiny_model: Path
         "prune.recovery_epochs": 1,
         "package.name": "tiny-pruned-int8",
     }
-    bundle = build(load_recipe("clinc", overrides))
+    bundle = build(load_recipe("clinc", overrides)).path
     manifest = verify_bundle(bundle)
     pruning = manifest["pruning"]
     assert pruning["cached"] is False
-    again = verify_bundle(build(load_recipe("clinc", overrides | {"package.name": "again"})))
+    again = verify_bundle(build(load_recipe("clinc", overrides | {"package.name": "again"})).path)
     assert again["pruning"]["cached"] is True and again["pruning"]["cache_key"] == pruning["cache_key"]
     assert pruning["before"]["layers"] == 2 and pruning["after"]["layers"] == 1
     assert pruning["after"]["heads"] == [1] and pruning["after"]["intermediate_size"] == [32]
