@@ -11,7 +11,9 @@ warm-up and after each level: it must not grow without bound.
 Batch throughput: texts/s through `predict_batch` at batch 1 and at batch 32 on one thread (interleaved
 rounds, medians), on the CLINC test split, and the label agreement of batch 32 with batch 1 over the whole
 split; beside it, the same graph batched as it is, on the raw session (the runtime runs dynamic INT8 one text
-at a time, so that row is what plain batching would give, and how many labels it would change).
+at a time, so that row is what plain batching would give, and how many labels it would change); and the bound
+no batching can beat: the graph's matrix-product arithmetic per text at this CPU's attainable rates
+(`edgepack.bench.floor`, in the build environment with the bench extra), against the batch-1 time per text.
 
     python benchmarks/serve_load.py bundles/clinc-int8          # then look at benchmarks/RESULTS.md
     python benchmarks/serve_load.py --requests 300 --time-limit 20 --json /tmp/s.json --markdown /tmp/s.md
@@ -213,6 +215,7 @@ def batch_throughput(args: argparse.Namespace, texts: list[str]) -> dict[str, An
     raw_labels = _raw_batches(clf, texts, args.batch_size)
     alone_argmax = np.array([clf.labels.index(p.top_k[0][0]) for p in one])
     median = {name: statistics.median(values) for name, values in rates.items()}
+    bound = arithmetic_bound(args.bundle, texts, median["batch 1"])
     return {
         "texts": len(texts),
         "threads": 1,
@@ -228,6 +231,30 @@ def batch_throughput(args: argparse.Namespace, texts: list[str]) -> dict[str, An
             "speedup": median["graph as is"] / median["batch 1"],
             "argmax_identical": int((raw_labels == alone_argmax).sum()),
         },
+        "arithmetic_bound": bound,
+    }
+
+
+def arithmetic_bound(bundle: Path, texts: list[str], batch_1_per_s: float) -> dict[str, Any] | None:
+    """The mean per-text time of the graph's matrix products at this CPU's attainable one-thread GEMM rates:
+    batching shares everything else, never the arithmetic, so batch-1 time / this is the most any batching
+    can give. None without the build package's bench extra (edgepack.bench.floor)."""
+    try:
+        from edgepack.bench.floor import gemm_rates, profile_graph
+    except ImportError:
+        return None
+    clf = Classifier.load(bundle, threads=1)
+    rows = clf._encode(texts)
+    rates = gemm_rates(1)
+    profiles = profile_graph((bundle / "model.onnx").read_bytes(), clf.manifest, rows, 1)
+    floor_ms = statistics.fmean(profiles[len(ids)].floor_ms(rates) for ids in rows)
+    batch_1_ms = 1e3 / batch_1_per_s
+    return {
+        "int8_gmacs_per_s": rates.int8 / 1e9,
+        "fp32_gmacs_per_s": rates.fp32 / 1e9,
+        "floor_ms_per_text": floor_ms,
+        "batch_1_ms_per_text": batch_1_ms,
+        "most_any_batching_gives": batch_1_ms / floor_ms,
     }
 
 
@@ -291,6 +318,16 @@ def markdown(report: dict[str, Any]) -> str:
             ),
             "",
         ]
+        if bound := batch.get("arithmetic_bound"):
+            out += [
+                f"The bound no batching can beat: the graph's matrix products alone, at the best one-thread "
+                f"rates ONNX Runtime's kernels reach on this CPU (INT8 {bound['int8_gmacs_per_s']:.1f}, FP32 {bound['fp32_gmacs_per_s']:.1f} "
+                f"GMAC/s, `edgepack.bench.floor`), take {bound['floor_ms_per_text']:.2f} ms per text on average; "
+                f"batch 1 takes {bound['batch_1_ms_per_text']:.2f} ms. Batching shares the per-call costs, not "
+                f"the arithmetic, so **{bound['most_any_batching_gives']:.2f}x** is the most any batching of "
+                "this graph can give on this CPU and thread count.",
+                "",
+            ]
     out.append(
         f"Machine: {machine['cpu']}; Python {machine['python']}; onnxruntime {machine['onnxruntime']}, "
         f"uvicorn {machine['uvicorn']}, starlette {machine['starlette']}. Load average (1 min) "
