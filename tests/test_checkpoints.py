@@ -344,8 +344,8 @@ def test_a_fine_tuned_checkpoint_is_distilled_without_training_it_again(
         "distill.epochs": 1,
         "package.name": f"{family}-checkpoint",
     }
-    bundle = build(load_recipe("clinc", overrides)).path
-    m = json.loads((bundle / "manifest.json").read_text())
+    built = build(load_recipe("clinc", overrides))
+    bundle, m = built.path, built.manifest
     kept = m["teacher"]
     assert kept["fine_tuned_here"] is False and kept["settings"] is None and kept["head"] == "checkpoint's"
     assert kept["model"] == str(folder) and kept["weights_sha256"] == {"model.safetensors": weights}
