@@ -215,7 +215,7 @@ def batch_throughput(args: argparse.Namespace, texts: list[str]) -> dict[str, An
     raw_labels = _raw_batches(clf, texts, args.batch_size)
     alone_argmax = np.array([clf.labels.index(p.top_k[0][0]) for p in one])
     median = {name: statistics.median(values) for name, values in rates.items()}
-    bound = arithmetic_bound(args.bundle, texts, median["batch 1"])
+    bound = arithmetic_bound(clf, texts, median["batch 1"])
     return {
         "texts": len(texts),
         "threads": 1,
@@ -235,7 +235,7 @@ def batch_throughput(args: argparse.Namespace, texts: list[str]) -> dict[str, An
     }
 
 
-def arithmetic_bound(bundle: Path, texts: list[str], batch_1_per_s: float) -> dict[str, Any] | None:
+def arithmetic_bound(clf: Classifier, texts: list[str], batch_1_per_s: float) -> dict[str, Any] | None:
     """The mean per-text time of the graph's matrix products at this CPU's attainable one-thread GEMM rates:
     batching shares everything else, never the arithmetic, so batch-1 time / this is the most any batching
     can give. None without the build package's bench extra (edgepack.bench.floor)."""
@@ -243,10 +243,9 @@ def arithmetic_bound(bundle: Path, texts: list[str], batch_1_per_s: float) -> di
         from edgepack.bench.floor import gemm_rates, profile_graph
     except ImportError:
         return None
-    clf = Classifier.load(bundle, threads=1)
     rows = clf._encode(texts)
     rates = gemm_rates(1)
-    profiles = profile_graph((bundle / "model.onnx").read_bytes(), clf.manifest, rows, 1)
+    profiles = profile_graph((clf.path / "model.onnx").read_bytes(), clf.manifest, rows, 1)
     floor_ms = statistics.fmean(profiles[len(ids)].floor_ms(rates) for ids in rows)
     batch_1_ms = 1e3 / batch_1_per_s
     return {

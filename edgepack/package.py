@@ -83,8 +83,9 @@ def _interoperable(value: Any, path: str, changed: list[str]) -> Any:
     return value
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Write manifest.json with its own digest (the files' hashes cannot cover the manifest itself).
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write manifest.json with its own digest (the files' hashes cannot cover the manifest itself); returns
+    what was written, as a reader parses it.
 
     The schema is the runtime's SCHEMA, so the digest is sha256 over the RFC 8785 canonical bytes
     (edgepack_runtime.manifest.digest_serialisation): any language can recompute it.
@@ -99,6 +100,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(body, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
     os.replace(tmp, folder / MANIFEST)
+    return body
 
 
 def check_destination(destination: Path, force: bool) -> None:

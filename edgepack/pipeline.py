@@ -10,7 +10,6 @@ place. Intermediate files live in a work folder that is removed at the end, what
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import shutil
 import tempfile
@@ -20,8 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from edgepack_runtime.bundle import MANIFEST
 
 from edgepack import (
     __version__,
@@ -124,7 +121,7 @@ def _manifest(
 
 @dataclass(frozen=True)
 class BuiltBundle:
-    """What build() wrote: the bundle's folder and its manifest, as read back from manifest.json."""
+    """What build() wrote: the bundle's folder and its manifest, as manifest.json holds it."""
 
     path: Path
     manifest: dict[str, Any]
@@ -223,10 +220,9 @@ def build(recipe: Recipe, *, force: bool = False, sign_key: Path | None = None) 
                 shipped = measured.get("test_thresholded", measured["test"])["accuracy"]
                 evaluate.confirm_shipped_predictions(staging, splits, shipped, recipe.evaluate.batch_size)
             manifest["build_seconds"] = timer.seconds | {"total": _elapsed(started)}
-            package.write_manifest(staging, manifest)
+            written = package.write_manifest(staging, manifest)
             if signer is not None:
                 signing.sign_folder(staging, signer)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    manifest_text = (destination / MANIFEST).read_text(encoding="utf-8")
-    return BuiltBundle(destination, json.loads(manifest_text))
+    return BuiltBundle(destination, written)
