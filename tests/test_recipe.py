@@ -9,7 +9,9 @@ from edgepack.recipe import RecipeError, load_recipe, parse_override, recipe_pat
 from edgepack.targets import TARGETS, QuantizeConfig, QuantMode
 
 
-@pytest.mark.parametrize("name", ["clinc", "clinc-quick", "clinc-bert", "clinc-pruned", "clinc-tiny"])
+@pytest.mark.parametrize(
+    "name", ["clinc", "clinc-quick", "clinc-bert", "clinc-pruned", "clinc-small", "clinc-tiny"]
+)
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe.name == name
@@ -52,7 +54,7 @@ def test_bad_values_name_the_key_and_value(overrides: dict, message: str) -> Non
 def test_unknown_recipe_lists_the_shipped_ones() -> None:
     with pytest.raises(
         RecipeError,
-        match="Unknown recipe 'nope': use one of clinc, clinc-bert, clinc-pruned, clinc-quick, clinc-tiny",
+        match="Unknown recipe 'nope': use one of clinc, clinc-bert, clinc-pruned, clinc-quick, clinc-small, clinc-tiny",
     ):
         recipe_path("nope")
 
