@@ -334,8 +334,9 @@ def _key_settings(config: DistillConfig) -> dict[str, Any]:
     """The settings in the student's cache key. A knob added later is left out at its off value, so students
     cached before it existed keep their keys."""
     settings = asdict(config)
-    if settings["hidden_weight"] == 0:
-        del settings["hidden_weight"]
+    for key, off in (("hidden_weight", 0), ("group_by_length", False)):
+        if settings[key] == off:
+            del settings[key]
     return settings
 
 

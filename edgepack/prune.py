@@ -371,6 +371,15 @@ def _prune_structure(
     return record
 
 
+def _key_settings(config: PruneConfig) -> dict[str, Any]:
+    """The settings in the pruned student's cache key. A knob added later is left out at its default, so
+    students pruned before it existed keep their keys."""
+    settings = asdict(config)
+    if settings["recovery_group_by_length"] is None:
+        del settings["recovery_group_by_length"]
+    return settings
+
+
 def run(
     teacher: TeacherResult,
     distilled: DistillResult,
@@ -388,7 +397,7 @@ def run(
         log.info("prune: nothing enabled; the distilled student goes on unchanged")
         return PruneResult(distilled.model_dir, None)
     transfer_key = transfer.record["cache_key"] if transfer is not None else None
-    key = cache_key(distilled.record["cache_key"], asdict(config), transfer_key, max_length)
+    key = cache_key(distilled.record["cache_key"], _key_settings(config), transfer_key, max_length)
     folder = cache.folder("pruned", key)
     if cache.is_complete(folder):
         log.info("prune: reusing cached pruned student %s", folder)
@@ -432,11 +441,17 @@ def _prune(
                 "hidden_weight": settings.hidden_weight
                 if config.recovery_hidden_weight is None
                 else config.recovery_hidden_weight,
+                "group_by_length": settings.group_by_length
+                if config.recovery_group_by_length is None
+                else config.recovery_group_by_length,
             }
             if config.recovery_epochs > 0:
                 log.info("prune: recovery distillation for %s epochs", config.recovery_epochs)
                 recovery = replace(
-                    settings, epochs=config.recovery_epochs, learning_rate=config.recovery_learning_rate
+                    settings,
+                    epochs=config.recovery_epochs,
+                    learning_rate=config.recovery_learning_rate,
+                    group_by_length=record["recovery"]["group_by_length"],
                 )
                 if transfer is not None:
                     train = distillation_dataset(tokenizer, teacher, max_length, transfer)

@@ -45,7 +45,12 @@ def _key_settings(config: TeacherConfig) -> dict[str, Any]:
     """The fine-tuning settings in the cache key; keys added later are left out at their defaults, so
     teachers cached before they existed keep their keys."""
     settings = asdict(config)
-    for key, default in (("fine_tune", "auto"), ("label_map", None), ("layers", None)):
+    for key, default in (
+        ("fine_tune", "auto"),
+        ("label_map", None),
+        ("layers", None),
+        ("group_by_length", False),
+    ):
         if settings[key] == default:
             del settings[key]
     return settings
@@ -179,6 +184,7 @@ def _fine_tune(
         seed=config.seed,
         weight_decay=config.weight_decay,
         warmup_ratio=config.warmup_ratio,
+        group_by_length=config.group_by_length,
     )
     with seeded(config.seed):  # the new classification head's initialisation, dropout, shuffling
         model = models.load_classifier(base_dir, splits.labels, resize_head=resize_head)

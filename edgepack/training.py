@@ -146,6 +146,7 @@ def training_arguments(
     seed: int,
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.0,
+    group_by_length: bool = False,
 ) -> Any:
     from transformers import TrainingArguments
 
@@ -158,6 +159,7 @@ def training_arguments(
         weight_decay=weight_decay,
         warmup_ratio=warmup_ratio,
         lr_scheduler_type="linear",
+        group_by_length=group_by_length,  # LengthGroupedSampler; its shuffling follows the seeded torch RNG
         eval_strategy="no",
         save_strategy="no",
         logging_steps=100,
@@ -291,6 +293,7 @@ def train_student(
         learning_rate=config.learning_rate,
         batch_size=config.batch_size,
         seed=config.seed,
+        group_by_length=config.group_by_length,
     )
     trainer = DistillationTrainer(
         model=model,

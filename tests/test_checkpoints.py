@@ -192,14 +192,15 @@ def test_label_map_mistakes_are_refused(
 
 
 def test_default_teacher_settings_keep_their_cache_key() -> None:
-    """Teachers cached before fine_tune, label_map and layers existed keep their keys: all three are left out
-    at their defaults."""
+    """Teachers cached before fine_tune, label_map, layers and group_by_length existed keep their keys: all four
+    are left out at their defaults."""
     before = {"model", "epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "seed"}
     assert set(teacher._key_settings(TeacherConfig())) == before
     assert set(teacher._key_settings(load_recipe("clinc").teacher)) == before
     assert teacher._key_settings(TeacherConfig(fine_tune="always"))["fine_tune"] == "always"
     assert teacher._key_settings(TeacherConfig(layers=[0, 2]))["layers"] == [0, 2]
-    assert set(asdict(TeacherConfig())) == before | {"fine_tune", "label_map", "layers"}
+    assert teacher._key_settings(TeacherConfig(group_by_length=True))["group_by_length"] is True
+    assert set(asdict(TeacherConfig())) == before | {"fine_tune", "label_map", "layers", "group_by_length"}
     # The clinc teacher's settings key, as it was before any of the three existed:
     assert cache_key(teacher._key_settings(load_recipe("clinc").teacher)) == "6c8095d712f44804"
 

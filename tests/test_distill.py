@@ -69,6 +69,94 @@ def test_hidden_weight_changes_the_student_cache_key_only_when_on() -> None:
         DistillConfig(student="some/checkpoint", hidden_weight=1.0)
 
 
+def test_length_grouping_changes_the_cache_keys_only_when_on() -> None:
+    from edgepack import prune
+
+    assert "group_by_length" not in _key_settings(DistillConfig(layers=[0, 2]))
+    assert _key_settings(DistillConfig(layers=[0, 2], group_by_length=True))["group_by_length"] is True
+    pruning = load_recipe("clinc-pruned").prune
+    assert "recovery_group_by_length" not in prune._key_settings(pruning)
+    # The keys pruned students were cached under before the knob existed (cache_key(asdict(config)) then):
+    assert cache_key(prune._key_settings(pruning)) == "a877305939af413b"
+    assert cache_key(prune._key_settings(load_recipe("clinc-small").prune)) == "e662af70b48bdb1c"
+    grouped = load_recipe("clinc-pruned", {"prune.recovery_group_by_length": False}).prune
+    assert prune._key_settings(grouped)["recovery_group_by_length"] is False
+    with pytest.raises(RecipeError, match="group_by_length = 'yes' has the wrong type"):
+        load_recipe("clinc", {"distill.group_by_length": "yes"})
+
+
+def test_length_grouped_batches_pad_less(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """group_by_length trains on batches of similar token lengths: far fewer pad tokens than random batches of
+    the same texts."""
+    import numpy as np
+    from conftest import CORPUS
+
+    from edgepack import training
+    from edgepack.models import load_tokenizer
+
+    pads: list[float] = []  # per batch: the share of its token positions that are padding
+    collate = training.PadCollator.__call__
+
+    def counting(self: training.PadCollator, features: list[dict]) -> dict:
+        batch = collate(self, features)
+        pads.append(1 - batch["attention_mask"].float().mean().item())
+        return batch
+
+    monkeypatch.setattr(training.PadCollator, "__call__", counting)
+    tokenizer = load_tokenizer(tiny_model)
+    rng = np.random.default_rng(0)
+    words = " ".join(CORPUS).split()
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 25))) for _ in range(400)]
+    logits = rng.standard_normal((len(texts), 3)).astype(np.float32)
+    train = training.tokenized_dataset(tokenizer, texts, 32, rng.integers(0, 3, len(texts)), logits)
+
+    def padding(grouped: bool) -> float:
+        pads.clear()
+        config = DistillConfig(layers=[0], epochs=1, batch_size=8, group_by_length=grouped)
+        model = load_classifier(tiny_model, ["a", "b", "c"])
+        training.train_student(model, tokenizer, train, config, tmp_path / str(grouped))
+        assert len(pads) == 50
+        return sum(pads) / len(pads)
+
+    grouped, shuffled = padding(True), padding(False)
+    assert grouped < shuffled / 3, (grouped, shuffled)
+
+
+def test_length_grouping_reaches_every_stage(tmp_path: Path, tiny_data: Path, tiny_model: Path) -> None:
+    """The teacher, the distillation and the recovery each use their own setting (the recovery [distill]'s
+    unless [prune] recovery_group_by_length says otherwise), and the manifest records it."""
+    from test_pipeline import _tiny_overrides
+
+    from edgepack import teacher, training
+    from edgepack.pipeline import build
+
+    used: list[bool] = []
+    original = training.training_arguments
+
+    def spy(*args: object, **kwargs: object) -> object:
+        result = original(*args, **kwargs)  # type: ignore[arg-type]
+        used.append(result.group_by_length)
+        return result
+
+    base = _tiny_overrides(tmp_path, tiny_data, tiny_model) | {"search.trials": 0, "prune.ffn_fraction": 0.5}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "training_arguments", spy)
+        patch.setattr(teacher, "training_arguments", spy)
+        overrides = {"teacher.group_by_length": True, "distill.group_by_length": True}
+        manifest = build(load_recipe("clinc", base | overrides)).manifest
+        assert used == [True, True, True]  # teacher, student, recovery
+        assert manifest["distillation"]["settings"]["group_by_length"] is True
+        assert manifest["pruning"]["recovery"]["group_by_length"] is True
+        used.clear()
+        shuffled: dict[str, object] = {"distill.group_by_length": True, "package.name": "tiny-2"}
+        shuffled["prune.recovery_group_by_length"] = False
+        manifest = build(load_recipe("clinc", base | shuffled)).manifest
+        assert used == [False, True, False]
+        assert manifest["pruning"]["recovery"]["group_by_length"] is False
+
+
 def test_distillation_with_the_hidden_state_loss(tmp_path: Path, tiny_data: Path, tiny_model: Path) -> None:
     from test_pipeline import _tiny_overrides
 
