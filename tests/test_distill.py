@@ -78,7 +78,6 @@ def test_length_grouping_changes_the_cache_keys_only_when_on() -> None:
     assert "recovery_group_by_length" not in prune._key_settings(pruning)
     # The keys pruned students were cached under before the knob existed (cache_key(asdict(config)) then):
     assert cache_key(prune._key_settings(pruning)) == "a877305939af413b"
-    assert cache_key(prune._key_settings(load_recipe("clinc-small").prune)) == "e662af70b48bdb1c"
     grouped = load_recipe("clinc-pruned", {"prune.recovery_group_by_length": False}).prune
     assert prune._key_settings(grouped)["recovery_group_by_length"] is False
     with pytest.raises(RecipeError, match="group_by_length = 'yes' has the wrong type"):
