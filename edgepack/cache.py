@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,16 @@ def cache_key(*parts: Any) -> str:
     """A short stable key for JSON-serialisable parts."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def key_settings(config: Any, added_later: dict[str, Any]) -> dict[str, Any]:
+    """A stage config's settings for its cache key: `asdict(config)` without the knobs in `added_later` while
+    they hold the value they had before they existed, so entries cached back then keep their keys."""
+    settings = asdict(config)
+    for key, before in added_later.items():
+        if settings[key] == before:
+            del settings[key]
+    return settings
 
 
 class Cache:

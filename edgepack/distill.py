@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 
 from edgepack import architectures, models
 from edgepack import study as shared_study
-from edgepack.cache import Cache, cache_key, hash_folder
+from edgepack.cache import Cache, cache_key, hash_folder, key_settings
 from edgepack.errors import StageError
 from edgepack.recipe import (
     AUTO_LAYERS,
@@ -333,11 +333,7 @@ def _teacher_itself(teacher: TeacherResult, config: DistillConfig) -> DistillRes
 def _key_settings(config: DistillConfig) -> dict[str, Any]:
     """The settings in the student's cache key. A knob added later is left out at its off value, so students
     cached before it existed keep their keys."""
-    settings = asdict(config)
-    for key, off in (("hidden_weight", 0), ("group_by_length", False)):
-        if settings[key] == off:
-            del settings[key]
-    return settings
+    return key_settings(config, {"hidden_weight": 0, "group_by_length": False})
 
 
 def _distill(

@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from edgepack import architectures, models, vocab
-from edgepack.cache import Cache, cache_key
+from edgepack.cache import Cache, cache_key, key_settings
 from edgepack.errors import StageError
 from edgepack.recipe import DistillConfig, PruneConfig, VocabMode
 from edgepack.training import (
@@ -374,10 +374,7 @@ def _prune_structure(
 def _key_settings(config: PruneConfig) -> dict[str, Any]:
     """The settings in the pruned student's cache key. A knob added later is left out at its default, so
     students pruned before it existed keep their keys."""
-    settings = asdict(config)
-    if settings["recovery_group_by_length"] is None:
-        del settings["recovery_group_by_length"]
-    return settings
+    return key_settings(config, {"recovery_group_by_length": None})
 
 
 def run(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 from edgepack_runtime.data import DataError
 
 from edgepack import architectures, metrics, models
-from edgepack.cache import Cache, cache_key, hash_file, hash_folder
+from edgepack.cache import Cache, cache_key, hash_file, hash_folder, key_settings
 from edgepack.data import LabelledSplits
 from edgepack.errors import RecipeError
 from edgepack.recipe import AUTO_LAYERS, AUTO_LAYERS_RULE, TeacherConfig, kept_layers
@@ -44,16 +44,9 @@ def _data_fingerprint(splits: LabelledSplits) -> str:
 def _key_settings(config: TeacherConfig) -> dict[str, Any]:
     """The fine-tuning settings in the cache key; keys added later are left out at their defaults, so
     teachers cached before they existed keep their keys."""
-    settings = asdict(config)
-    for key, default in (
-        ("fine_tune", "auto"),
-        ("label_map", None),
-        ("layers", None),
-        ("group_by_length", False),
-    ):
-        if settings[key] == default:
-            del settings[key]
-    return settings
+    return key_settings(
+        config, {"fine_tune": "auto", "label_map": None, "layers": None, "group_by_length": False}
+    )
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ def test_default_teacher_settings_keep_their_cache_key() -> None:
     assert teacher._key_settings(TeacherConfig(layers=[0, 2]))["layers"] == [0, 2]
     assert teacher._key_settings(TeacherConfig(group_by_length=True))["group_by_length"] is True
     assert set(asdict(TeacherConfig())) == before | {"fine_tune", "label_map", "layers", "group_by_length"}
-    # The clinc teacher's settings key, as it was before any of the three existed:
+    # The clinc teacher's settings key, as it was before any of the four existed:
     assert cache_key(teacher._key_settings(load_recipe("clinc").teacher)) == "6c8095d712f44804"
 
 
