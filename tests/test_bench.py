@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from edgepack_runtime.bench import SAMPLE_QUERIES, summarize
@@ -18,7 +19,7 @@ from tokenizers import Tokenizer
 from edgepack.bench import contenders as lib
 from edgepack.bench.contenders import bundle_teacher
 from edgepack.bench.floor import gemm_rates, kernel_macs, profile_graph
-from edgepack.bench.measure import SCHEMA
+from edgepack.bench.measure import SCHEMA, speedup_interval
 from edgepack.cli import main
 from edgepack.pipeline import build
 from edgepack.recipe import load_recipe
@@ -117,6 +118,7 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
         assert acc["oos_label"] == "oos" and acc["oos_recall"] is not None
         assert set(row["vs_teacher"]) == {
             "speedup",
+            "speedup_ci95",
             "throughput_ratio",
             "size_ratio",
             "accuracy_delta",
@@ -157,6 +159,9 @@ def test_every_contender_runs(built: tuple[Path, Path], tiny_data: Path, tmp_pat
     )
     assert bundle_row["accuracy"]["argmax_accuracy"] == pytest.approx(manifest["metrics"]["test"]["accuracy"])
     assert teacher_row["vs_teacher"]["speedup"] == pytest.approx(1.0)
+    assert teacher_row["vs_teacher"]["speedup_ci95"] == pytest.approx([1.0, 1.0])
+    low, high = bundle_row["vs_teacher"]["speedup_ci95"]
+    assert low <= high and low > 0
     assert teacher_row["vs_teacher"]["accuracy_delta"] == 0.0
     assert teacher_row["size"]["bytes"] == sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
     assert bundle_row["size"]["bytes"] == (bundle / "model.onnx").stat().st_size
@@ -311,6 +316,16 @@ def test_the_datas_oos_label_is_renamed_to_the_bundles(
     assert named["oos_recall"] is not None and set(named["tradeoff"]) == {"test", "validation"}
     assert named["accuracy"] == pytest.approx(manifest["metrics"]["test_thresholded"]["accuracy"])
     assert named["argmax_accuracy"] == pytest.approx(manifest["metrics"]["test"]["accuracy"])
+
+
+def test_the_speedups_interval_keeps_each_rounds_pair_together() -> None:
+    rng = np.random.default_rng(1)
+    drift = rng.uniform(0.5, 2.0, size=60)  # the machine slows down and speeds up from round to round
+    timed = [list(d * rng.uniform(0.9, 1.1, 10)) for d in drift]
+    assert speedup_interval([[15 * t for t in r] for r in timed], timed) == pytest.approx([15.0, 15.0])
+    noisy = [list(15 * d * rng.uniform(0.9, 1.1, 10)) for d in drift]
+    low, high = speedup_interval(noisy, timed)
+    assert low < 15 < high and high - low < 1.5
 
 
 def test_summary_percentiles_are_ordered() -> None:

@@ -53,7 +53,9 @@ JSON report (`--json FILE`), keys:
                    the latency queries), "latency_over_floor" (p50_ms / floor_ms), "median_query": {"tokens",
                    "int8_macs", "fp32_macs", "floor_ms", "graph_ms" (InferenceSession.run alone, median), and
                    kernel times in ms from an ONNX Runtime profile: "int8_gemm_ms", "fp32_gemm_ms", "other_ms"}}
-    vs_teacher    null without a teacher, else {"speedup": teacher p50 / p50, "throughput_ratio": texts_per_s /
+    vs_teacher    null without a teacher, else {"speedup": teacher p50 / p50, "speedup_ci95": [low, high], a
+                   bootstrap interval of the speed-up over the interleaved rounds, resampled in pairs (each round
+                   gave the teacher and the contender the same queries), "throughput_ratio": texts_per_s /
                    teacher texts_per_s, "size_ratio": bytes / teacher bytes, "accuracy_delta": accuracy -
                    teacher accuracy, like with like ("accuracy_basis": "threshold" when both have one, else
                    "argmax"; both null without data)}
@@ -82,6 +84,7 @@ from edgepack.bench.floor import Rates, bundle_floor
 
 SCHEMA = "edgepack.bench/1"
 DEFAULT_BLOCK = 10  # consecutive calls per contender per interleaved round (see interleaved_latency)
+SPEEDUP_RESAMPLES = 1000  # bootstrap resamples of the interleaved rounds for the speed-up's interval
 MAX_QUERIES = 200  # distinct latency queries drawn from the data (seeded), cycled through
 THROUGHPUT_TEXTS = 1000  # throughput runs on up to this many texts (at least four batches)
 
@@ -126,10 +129,27 @@ def interleaved_latency(
     warmup: int,
     log: Log,
     block: int = 1,
-) -> dict[str, dict[str, Any]]:
-    """Batch-1 latency figures of `runs` timed calls per contender, in interleaved rounds (interleaved_times)."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[list[float]]]]:
+    """Batch-1 latency figures of `runs` timed calls per contender, in interleaved rounds (interleaved_times),
+    and the rounds' times themselves (for speedup_interval)."""
     rounds = interleaved_times({c.name: c.predict for c in contenders}, texts, runs, warmup, log, block)
-    return {name: summarize([t for r in timed for t in r], warmup) for name, timed in rounds.items()}
+    return {name: summarize([t for r in timed for t in r], warmup) for name, timed in rounds.items()}, rounds
+
+
+def speedup_interval(
+    reference: Sequence[Sequence[float]], timed: Sequence[Sequence[float]], resamples: int = SPEEDUP_RESAMPLES
+) -> list[float]:
+    """95% bootstrap interval of median(reference) / median(timed) over interleaved rounds: a resample draws
+    rounds with replacement and keeps both sides of each drawn round, which timed the same queries."""
+    pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(reference, timed, strict=True)]
+    picks = np.random.default_rng(0).integers(0, len(pairs), size=(resamples, len(pairs)))
+    ratios = [
+        np.median(np.concatenate([pairs[i][0] for i in pick]))
+        / np.median(np.concatenate([pairs[i][1] for i in pick]))
+        for pick in picks
+    ]
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 def throughput(c: Contender, texts: Sequence[str], batch_size: int) -> dict[str, Any]:
@@ -240,10 +260,13 @@ def _accuracy_delta(
     return acc["argmax_accuracy"] - teacher["argmax_accuracy"], "argmax"
 
 
-def _vs_teacher(row: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
+def _vs_teacher(
+    row: dict[str, Any], teacher: dict[str, Any], rounds: Mapping[str, list[list[float]]]
+) -> dict[str, Any]:
     delta, basis = _accuracy_delta(row["accuracy"], teacher["accuracy"])
     return {
         "speedup": teacher["latency"]["p50_ms"] / row["latency"]["p50_ms"],
+        "speedup_ci95": speedup_interval(rounds[teacher["name"]], rounds[row["name"]]),
         "throughput_ratio": row["throughput"]["texts_per_s"] / teacher["throughput"]["texts_per_s"],
         "size_ratio": row["size"]["bytes"] / teacher["size"]["bytes"],
         "accuracy_delta": delta,
@@ -273,7 +296,7 @@ def run(
         f"latency at batch 1: {len(contenders)} contenders x {runs} calls, interleaved {block} at a time, "
         f"{warmup} warm-up calls each"
     )
-    latencies = interleaved_latency(contenders, texts, runs, warmup, log, block)
+    latencies, rounds = interleaved_latency(contenders, texts, runs, warmup, log, block)
     rows = []
     for c in contenders:
         log(f"throughput at batch {batch_size}: {c.name}")
@@ -300,7 +323,7 @@ def run(
     teacher = next((row for row in rows if row["kind"] == "teacher"), None)
     if teacher is not None:
         for row in rows:
-            row["vs_teacher"] = _vs_teacher(row, teacher)
+            row["vs_teacher"] = _vs_teacher(row, teacher, rounds)
     return {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

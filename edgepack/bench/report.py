@@ -34,6 +34,7 @@ def _contender_row(r: dict[str, Any]) -> list[str]:
         _fmt(acc.get("in_scope_accuracy"), ".4f"),
         _fmt(acc.get("oos_recall"), ".4f"),
         _fmt(vs.get("speedup"), ".2f"),
+        "-" if not vs.get("speedup_ci95") else "{:.2f}-{:.2f}".format(*vs["speedup_ci95"]),
         _fmt(vs.get("size_ratio"), ".3f"),
         _fmt(delta, "+.4f") + basis,
     ]
@@ -89,15 +90,18 @@ def format_table(report: dict[str, Any]) -> str:
         + (f"{s['data_texts']} texts of {s['data']}" if s["data_texts"] else "no data (pass --data)")
     )
     columns = ["contender", "size MB", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "texts/s"]
-    columns += ["accuracy", "argmax", "in-scope", "oos recall", "speed-up", "size x", "acc delta"]
+    columns += ["accuracy", "argmax", "in-scope", "oos recall", "speed-up", "95%", "size x", "acc delta"]
     lines = [head, "", *_aligned([columns, *map(_contender_row, report["contenders"])]), ""]
     lines.append("* first bundle. accuracy: as answered, with the contender's out-of-scope rule (bundles:")
     lines.append(
         "  shipped; teacher and optimum: top probability, threshold chosen on validation data; peer:"
     )
     lines.append("  the bundle's, when it is the top probability, else argmax); argmax: without it.")
-    lines.append("  speed-up: teacher p50 / p50; size x: bytes / teacher bytes; acc delta: vs the teacher,")
-    lines.append("  both thresholded, or both argmax when either has no threshold.")
+    lines.append("  speed-up: teacher p50 / p50; 95%: its bootstrap interval over the interleaved rounds;")
+    lines.append(
+        "  size x: bytes / teacher bytes; acc delta: vs the teacher, both thresholded, or both argmax"
+    )
+    lines.append("  when either has no threshold.")
     for c in report["contenders"]:
         acc = c["accuracy"] or {}
         if acc.get("threshold") is not None:
