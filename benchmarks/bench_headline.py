@@ -84,7 +84,9 @@ def measure(args: argparse.Namespace, threads: int, pairs: Any, validation: Any)
         for block, done in repeats.items():
             for i in range(len(done), args.repeats):
                 log(f"block {block}: repeat {i + 1}/{args.repeats} of the interleaved latency rounds")
-                latencies = bench.interleaved_latency(contenders, texts, args.runs, args.warmup, log, block)
+                latencies, _ = bench.interleaved_latency(
+                    contenders, texts, args.runs, args.warmup, log, block
+                )
                 done.append({name: lat["p50_ms"] for name, lat in latencies.items()})
     finally:
         for c in contenders:
