@@ -126,16 +126,16 @@ def run(teacher: TeacherResult, config: AugmentConfig, max_length: int, cache: C
     parts = (teacher.record["cache_key"], _made_by(config), _unlabelled_fingerprint(config), max_length)
     key = cache_key(*parts, CACHE_FORMAT)
     folder = cache.folder("transfer", key)
-    if cache.is_complete(folder):
-        log.info("augment: reusing cached transfer text %s", folder)
-        texts = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
-        logits = np.load(folder / "logits.npy")
-        return TransferSet(texts, logits, cache.record(folder) | {"cached": True})
-    cache.start(folder)
-    result = _make(teacher, config, max_length, key)
-    (folder / "texts.json").write_text(json.dumps(result.texts, ensure_ascii=False), encoding="utf-8")
-    np.save(folder / "logits.npy", result.logits)
-    cache.finish(folder, result.record)
+    with cache.claim(folder) as fresh:
+        if not fresh:
+            log.info("augment: reusing cached transfer text %s", folder)
+            texts = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
+            logits = np.load(folder / "logits.npy")
+            return TransferSet(texts, logits, cache.record(folder) | {"cached": True})
+        result = _make(teacher, config, max_length, key)
+        (folder / "texts.json").write_text(json.dumps(result.texts, ensure_ascii=False), encoding="utf-8")
+        np.save(folder / "logits.npy", result.logits)
+        cache.finish(folder, result.record)
     return TransferSet(result.texts, result.logits, result.record | {"cached": False})
 
 

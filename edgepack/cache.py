@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
 
 _DONE = ".complete"
 
@@ -63,6 +70,27 @@ class Cache:
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         return folder
+
+    @contextlib.contextmanager
+    def claim(self, folder: Path) -> Iterator[bool]:
+        """Hold `folder`'s lock (`.locks/<folder name>.lock`, released with the process) while this build makes
+        it: True when it must be made (emptied for writing), False when it is complete, made by another build
+        this one waited for. Two builds of one entry never write one folder, and the second reuses the first's."""
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(locks / f"{folder.name}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("cache: another build is making %s; waiting for it", folder)
+            lock.acquire()
+        try:
+            fresh = not self.is_complete(folder)
+            if fresh:
+                self.start(folder)
+            yield fresh
+        finally:
+            lock.release()
 
     def finish(self, folder: Path, record: dict[str, Any]) -> None:
         (folder / "record.json").write_text(json.dumps(record, indent=2, default=str))

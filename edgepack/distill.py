@@ -302,24 +302,31 @@ def run(
         parts.append(transfer.record["cache_key"])
     key = cache_key(*parts)
     folder = cache.folder("student", key)
-    if search.storage is None and cache.is_complete(folder):
-        log.info("distill: reusing cached student %s", folder)
-        record = cache.record(folder) | auto
-        return DistillResult(folder / "model", DistillConfig(**record["settings"]), record | {"cached": True})
-    cache.start(folder)
-    result = _distill(teacher, config, search, max_length, folder / "model", transfer)
-    cache.finish(folder, result.record | {"cache_key": key})  # the same entry for "auto" and its list
+    with cache.claim(folder) as fresh:  # a study's workers each have their own cache (README)
+        if not fresh and search.storage is None:
+            log.info("distill: reusing cached student %s", folder)
+            record = cache.record(folder) | auto
+            return DistillResult(
+                folder / "model", DistillConfig(**record["settings"]), record | {"cached": True}
+            )
+        if not fresh:
+            cache.start(
+                folder
+            )  # a shared study is trained again: other machines may have added better trials
+        result = _distill(teacher, config, search, max_length, folder / "model", transfer)
+        cache.finish(folder, result.record | {"cache_key": key})  # the same entry for "auto" and its list
     return DistillResult(
         result.model_dir, result.settings, result.record | auto | {"cache_key": key, "cached": False}
     )
 
 
 def _teacher_itself(teacher: TeacherResult, config: DistillConfig) -> DistillResult:
-    """The export-only path: the (fine-tuned) teacher is the model the later stages export."""
-    log.info('distill: skipped ([distill] student = "%s"): the teacher itself is exported', EXPORT_ONLY)
+    """The (fine-tuned) teacher is the model the later stages take: exported as it is, or cut by the prune stage."""
+    log.info('distill: skipped ([distill] student = "%s"): the teacher itself goes on', EXPORT_ONLY)
     record = {
         "student": EXPORT_ONLY,
-        "skipped": "export-only: no student is trained and [search] is not run; the teacher is exported",
+        "skipped": "no student is trained and [search] is not run: the teacher itself goes on (export-only "
+        "when [prune] is off; otherwise the prune stage cuts it and its recovery distils)",
         "layers": None,
         "parameters": teacher.record.get("parameters"),
         "teacher_parameters": teacher.record.get("parameters"),

@@ -118,7 +118,9 @@ def _teacher_layers(recipe: Recipe, folder: Path) -> str:
 
 
 def _stages(recipe: Recipe, teacher: str, rejection: dict[str, Any]) -> list[str]:
-    if recipe.distill.student == EXPORT_ONLY:
+    if recipe.distill.student == EXPORT_ONLY and recipe.prune.enabled:
+        distill = "none: the teacher itself goes to the prune stage, whose recovery distils"
+    elif recipe.distill.student == EXPORT_ONLY:
         distill = "none: the teacher itself is exported (export-only)"
     else:
         student = recipe.distill.student

@@ -42,7 +42,7 @@ import torch
 from edgepack import architectures, models, vocab
 from edgepack.cache import Cache, cache_key, key_settings
 from edgepack.errors import StageError
-from edgepack.recipe import DistillConfig, PruneConfig, VocabMode
+from edgepack.recipe import EXPORT_ONLY, DistillConfig, PruneConfig, VocabMode
 from edgepack.training import (
     DistillResult,
     HiddenStateTarget,
@@ -377,6 +377,12 @@ def _key_settings(config: PruneConfig) -> dict[str, Any]:
     return key_settings(config, {"recovery_group_by_length": None})
 
 
+def _recovery_inputs(settings: DistillConfig) -> dict[str, Any]:
+    """The [distill] settings the scoring and the recovery train with (a distilled student's key holds them)."""
+    names = ("alpha", "temperature", "batch_size", "seed", "hidden_weight", "group_by_length")
+    return {name: getattr(settings, name) for name in names}
+
+
 def run(
     teacher: TeacherResult,
     distilled: DistillResult,
@@ -394,15 +400,20 @@ def run(
         log.info("prune: nothing enabled; the distilled student goes on unchanged")
         return PruneResult(distilled.model_dir, None)
     transfer_key = transfer.record["cache_key"] if transfer is not None else None
-    key = cache_key(distilled.record["cache_key"], _key_settings(config), transfer_key, max_length)
+    parts = [distilled.record["cache_key"], _key_settings(config), transfer_key, max_length]
+    if (
+        distilled.settings.student == EXPORT_ONLY
+    ):  # its key is the teacher's: add what scoring and recovery use
+        parts.append(_recovery_inputs(distilled.settings))
+    key = cache_key(*parts)
     folder = cache.folder("pruned", key)
-    if cache.is_complete(folder):
-        log.info("prune: reusing cached pruned student %s", folder)
-        return PruneResult(folder / "model", cache.record(folder) | {"cached": True})
-    cache.start(folder)
-    result = _prune(teacher, distilled, config, max_length, folder / "model", transfer)
-    assert result.record is not None
-    cache.finish(folder, result.record | {"cache_key": key})
+    with cache.claim(folder) as fresh:
+        if not fresh:
+            log.info("prune: reusing cached pruned student %s", folder)
+            return PruneResult(folder / "model", cache.record(folder) | {"cached": True})
+        result = _prune(teacher, distilled, config, max_length, folder / "model", transfer)
+        assert result.record is not None
+        cache.finish(folder, result.record | {"cache_key": key})
     return PruneResult(result.model_dir, result.record | {"cache_key": key, "cached": False})
 
 

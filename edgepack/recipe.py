@@ -171,8 +171,8 @@ class TeacherConfig:
 class DistillConfig:
     """The student and its distillation: loss = alpha*CE + (1-alpha)*T^2*KL(teacher/T || student/T)."""
 
-    # "teacher-layers" (a subset of the teacher's layers), a model id/path, or "teacher": export-only, no
-    # student (the teacher itself is exported, fused, quantized and bundled; [search] is not run)
+    # "teacher-layers" (a subset of the teacher's layers), a model id/path, or "teacher": no student (the
+    # teacher itself goes on: exported as it is, or cut by [prune] and its recovery; [search] is not run)
     student: str = "teacher-layers"
     # teacher layers kept when student="teacher-layers", or "auto": chosen from the teacher's depth when the
     # distill stage reads it (auto_layers); the stage passes on the resolved list

@@ -209,16 +209,30 @@ def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: C
     base_sha256 = hash_folder(base_dir)
     key = cache_key(base_sha256, _data_fingerprint(splits), max_length, settings)
     folder = cache.folder("teacher", key)
-    if cache.is_complete(folder):
-        log.info("teacher: reusing cached %s", folder)
-        logits = {s: np.load(folder / f"logits-{s}.npy") for s in splits.texts}
-        model_dir = folder / "model" if head.fine_tune else base_dir
-        record = (
-            cache.record(folder) | {"cached": True} | head.record | sliced | _digests(base_sha256, model_dir)
-        )
-        return TeacherResult(model_dir, splits, logits, _with_metrics(record, logits, splits))
+    with cache.claim(folder) as fresh:
+        if fresh:
+            record = _teach(base_dir, splits, config, max_length, folder, head) | {"settings": settings}
+            cache.finish(folder, record | {"cache_key": key})
+        else:
+            log.info("teacher: reusing cached %s", folder)
+    logits = {s: np.load(folder / f"logits-{s}.npy") for s in splits.texts}
+    model_dir = folder / "model" if head.fine_tune else base_dir
+    record = (
+        cache.record(folder) | {"cached": not fresh} | head.record | sliced | _digests(base_sha256, model_dir)
+    )
+    return TeacherResult(model_dir, splits, logits, _with_metrics(record, logits, splits))
 
-    cache.start(folder)
+
+def _teach(
+    base_dir: Path,
+    splits: LabelledSplits,
+    config: TeacherConfig,
+    max_length: int,
+    folder: Path,
+    head: _Head,
+) -> dict[str, Any]:
+    """Fine-tune (when the model has no head for these labels), write the model and its logits on every split
+    into the cache folder, and return what to record."""
     started = time.perf_counter()
     if head.fine_tune:
         _fine_tune(base_dir, splits, config, max_length, folder, resize_head=head.replaced)
@@ -235,18 +249,13 @@ def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: C
     }
     for split, values in logits.items():
         np.save(folder / f"logits-{split}.npy", values)
-    record = {
+    return {
         "model": config.model,
         "fine_tuned_here": head.fine_tune,
-        "settings": settings,
         "parameters": sum(p.numel() for p in model.parameters()),
         "layers": model.config.num_hidden_layers,
         "train_seconds": round(trained_s, 1),
-        "cache_key": key,
     }
-    cache.finish(folder, record)
-    record |= {"cached": False} | head.record | sliced | _digests(base_sha256, model_dir)
-    return TeacherResult(model_dir, splits, logits, _with_metrics(record, logits, splits))
 
 
 def weights_sha256(model_dir: Path) -> dict[str, str]:

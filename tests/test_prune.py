@@ -21,6 +21,7 @@ from edgepack.data import load_splits
 from edgepack.errors import RecipeError, StageError
 from edgepack.pipeline import STAGES, build
 from edgepack.recipe import (
+    EXPORT_ONLY,
     DataConfig,
     DistillConfig,
     ExportConfig,
@@ -426,6 +427,38 @@ def test_build_with_pruning_on(tmp_path: Path, tiny_data: Path, tiny_model: Path
     tokenizer = json.loads((bundle / "tokenizer.json").read_text())
     assert len(tokenizer["model"]["vocab"]) == pruning["vocab"]["after"]
     assert clf.predict("what is my account balance").label in clf.labels
+
+
+def test_the_teacher_itself_can_be_cut(tmp_path: Path, tiny_data: Path, tiny_model: Path) -> None:
+    """`--recipe clinc-small --export-only` on a tiny 3-layer teacher: no distilled student; the prune stage
+    keeps two of the teacher's own layers and recovers on the training text plus augmented copies."""
+    from test_pipeline import _tiny_overrides
+
+    base = tmp_path / "three-layers"
+    save_tiny_encoder(base, "bert", models.load_tokenizer(tiny_model), layers=3, heads=4)
+    overrides = _tiny_overrides(tmp_path, tiny_data, base) | {
+        "distill.student": EXPORT_ONLY,
+        "prune.recovery_epochs": 1,
+        "prune.recovery_group_by_length": True,
+        "prune.multiple_of": 16,
+        "prune.vocab_keep_first": 0,  # the recipe keeps 10,000 frequent ids: all of the tiny vocabulary
+        "augment.copies": 1,
+    }
+    manifest = verify_bundle(build(load_recipe("clinc-small", overrides)).path)
+    assert manifest["distillation"]["student"] == EXPORT_ONLY and "search" not in manifest["distillation"]
+    pruning = manifest["pruning"]
+    assert (pruning["before"]["layers"], pruning["after"]["layers"]) == (3, 2)
+    assert len(pruning["layers"]["dropped"]) == 1 and pruning["vocab"]["after"] < pruning["vocab"]["before"]
+    recovery = pruning["recovery"]
+    assert recovery["group_by_length"] is True
+    assert recovery["transfer_texts"] == manifest["augmentation"]["augmented"] > 0
+    assert manifest["oos_detection"]["method"] == "mahalanobis"
+    # The teacher's cache key does not hold the [distill] settings the recovery trains with: the pruned one does.
+    again = build(load_recipe("clinc-small", overrides | {"package.name": "again"})).manifest["pruning"]
+    assert again["cached"] is True and again["cache_key"] == pruning["cache_key"]
+    reseeded = overrides | {"distill.seed": 7, "package.name": "reseeded"}
+    other = build(load_recipe("clinc-small", reseeded)).manifest["pruning"]
+    assert other["cached"] is False and other["cache_key"] != pruning["cache_key"]
 
 
 def test_trimmed_model_exports_with_parity(tmp_path: Path, trimmed: prune.PruneResult) -> None:

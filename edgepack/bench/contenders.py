@@ -263,17 +263,17 @@ def optimum_teacher_build(folder: Path, log: Log = lambda message: None) -> tupl
     tools = {name: version(name) for name in ("optimum-onnx", "onnxruntime", "transformers", "torch")}
     settings = {"levels": OPTIMUM_LEVELS, "quantization": "avx2 dynamic", "per_channel": OPTIMUM_PER_CHANNEL}
     out = cache.folder("optimum", cache_key(hash_folder(folder), settings, tools))
-    if cache.is_complete(out):
-        return out, cache.record(out)
-    log(f"building Optimum's INT8 model of the teacher (once; cached in {out}) ...")
-    cache.start(out)
-    try:
-        record = _optimum_build(folder, out, log) | {"teacher": str(folder), "versions": tools}
-    except Exception as exc:  # optimum, onnx and onnxruntime raise many types; any of them means "skip"
-        shutil.rmtree(out, ignore_errors=True)
-        reason = str(exc) if isinstance(exc, SkipContender) else _one_line(exc)
-        raise SkipContender(f"Optimum cannot build an INT8 model of {folder}: {reason}") from None
-    cache.finish(out, record)
+    with cache.claim(out) as fresh:
+        if not fresh:
+            return out, cache.record(out)
+        log(f"building Optimum's INT8 model of the teacher (once; cached in {out}) ...")
+        try:
+            record = _optimum_build(folder, out, log) | {"teacher": str(folder), "versions": tools}
+        except Exception as exc:  # optimum, onnx and onnxruntime raise many types; any of them means "skip"
+            shutil.rmtree(out, ignore_errors=True)
+            reason = str(exc) if isinstance(exc, SkipContender) else _one_line(exc)
+            raise SkipContender(f"Optimum cannot build an INT8 model of {folder}: {reason}") from None
+        cache.finish(out, record)
     return out, record
 
 
