@@ -115,6 +115,9 @@ def test_quick_budget_matches_the_clinc_quick_recipe() -> None:
     assert quick["distill"]["student"] == "teacher" and quick["distill"]["hidden_weight"] == 0
     assert quick["package"] == load_recipe("clinc").to_dict()["package"], "--quick keeps the recipe's name"
     assert load_recipe("clinc").teacher.layers is None, "without the overlay every layer is fine-tuned"
+    over_small = load_recipe("clinc-small", overlays=(QUICK_OVERLAY,))  # `--recipe clinc-small --quick`
+    assert not over_small.prune.enabled and not over_small.augment.enabled, "quick: bundled as it is"
+    assert load_recipe("clinc-small").prune.enabled and load_recipe("clinc-small").augment.used_in("prune")
 
 
 def test_settings_a_quantization_mode_ignores_are_refused() -> None:
