@@ -309,10 +309,8 @@ def run(
             return DistillResult(
                 folder / "model", DistillConfig(**record["settings"]), record | {"cached": True}
             )
-        if not fresh:
-            cache.start(
-                folder
-            )  # a shared study is trained again: other machines may have added better trials
+        if not fresh:  # a shared study is trained again: other machines may have added better trials
+            cache.start(folder)
         result = _distill(teacher, config, search, max_length, folder / "model", transfer)
         cache.finish(folder, result.record | {"cache_key": key})  # the same entry for "auto" and its list
     return DistillResult(

@@ -401,9 +401,7 @@ def run(
         return PruneResult(distilled.model_dir, None)
     transfer_key = transfer.record["cache_key"] if transfer is not None else None
     parts = [distilled.record["cache_key"], _key_settings(config), transfer_key, max_length]
-    if (
-        distilled.settings.student == EXPORT_ONLY
-    ):  # its key is the teacher's: add what scoring and recovery use
+    if distilled.settings.student == EXPORT_ONLY:  # its key is the teacher's: add what the recovery uses
         parts.append(_recovery_inputs(distilled.settings))
     key = cache_key(*parts)
     folder = cache.folder("pruned", key)
