@@ -111,8 +111,8 @@ def _overrides(options: dict[str, Any], settings: tuple[str, ...]) -> dict[str, 
 @click.option(
     "--export-only",
     is_flag=True,
-    help="No distillation: export, fuse, quantize and bundle the (fine-tuned) teacher itself "
-    '([distill] student = "teacher").',
+    help="Export, fuse, quantize and bundle the (fine-tuned) teacher itself: no distillation, no pruning "
+    "(recipes/overlays/export-only.toml).",
 )
 @click.option(
     "--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any recipe value."
@@ -152,15 +152,20 @@ def build(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from edgepack.recipe import DEFAULT_RECIPE, EXPORT_ONLY, GENERIC_RECIPE, QUICK_OVERLAY, load_recipe
+    from edgepack.recipe import (
+        DEFAULT_RECIPE,
+        EXPORT_ONLY_OVERLAY,
+        GENERIC_RECIPE,
+        QUICK_OVERLAY,
+        load_recipe,
+    )
 
     if recipe is None:
         recipe = GENERIC_RECIPE if options.get("data") is not None else DEFAULT_RECIPE
     overrides = _overrides(options, settings)
-    if export_only:
-        overrides["distill.student"] = EXPORT_ONLY
+    overlays = tuple(path for path, on in ((EXPORT_ONLY_OVERLAY, export_only), (QUICK_OVERLAY, quick)) if on)
     try:
-        resolved = load_recipe(recipe, overrides, overlays=(QUICK_OVERLAY,) if quick else ())
+        resolved = load_recipe(recipe, overrides, overlays=overlays)
     except RecipeError as exc:
         raise click.BadParameter(str(exc), param_hint="--recipe/--data/--set") from None
     if dry_run:

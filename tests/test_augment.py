@@ -154,7 +154,7 @@ def test_builds_use_the_transfer_text_where_the_recipe_says(
     tmp_path: Path, tiny_data: Path, tiny_model: Path
 ) -> None:
     overrides = _tiny_overrides(tmp_path, tiny_data, tiny_model) | {"search.trials": 0}
-    plain = build(load_recipe("clinc", overrides)).manifest
+    plain = build(load_recipe("clinc-4l", overrides)).manifest
     assert plain["augmentation"] is None and plain["distillation"]["transfer_texts"] == 0
     # Used only by the prune stage: the distilled student is the cached one (its key did not change).
     prune_only = overrides | {
@@ -164,13 +164,13 @@ def test_builds_use_the_transfer_text_where_the_recipe_says(
         "prune.recovery_epochs": 1,
         "package.name": "prune-only",
     }
-    pruned = build(load_recipe("clinc", prune_only)).manifest
+    pruned = build(load_recipe("clinc-4l", prune_only)).manifest
     assert pruned["distillation"]["cached"] is True
     transfer = pruned["augmentation"]["augmented"]
     assert transfer > 0 and pruned["pruning"]["recovery"]["transfer_texts"] == transfer
     # Used by the distillation: a new student that saw it; the transfer text itself comes from the cache.
     distilled = build(
-        load_recipe("clinc", overrides | {"augment.copies": 2, "package.name": "both"})
+        load_recipe("clinc-4l", overrides | {"augment.copies": 2, "package.name": "both"})
     ).manifest
     assert distilled["augmentation"]["cached"] is True
     assert distilled["distillation"]["cached"] is False

@@ -61,7 +61,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model:
     """(bundle, teacher folder): a tiny bundle and the fine-tuned teacher its build cached."""
     tmp = tmp_path_factory.mktemp("bench")
     overrides = _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0}
-    bundle = build(load_recipe("clinc", overrides)).path
+    bundle = build(load_recipe("clinc-4l", overrides)).path
     teachers = sorted((tmp / "cache").glob("teacher-*/model"))
     assert teachers, "the build cached no teacher"
     return bundle, teachers[0]

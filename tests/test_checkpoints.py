@@ -188,7 +188,7 @@ def test_label_map_mistakes_are_refused(
     with pytest.raises(RecipeError, match=r"\[teacher\] fine_tune = 'sometimes' is invalid"):
         TeacherConfig(fine_tune="sometimes")
     with pytest.raises(RecipeError, match="label_map = .* has the wrong type"):
-        load_recipe("clinc", {"teacher.label_map": {"LABEL_0": 3}})
+        load_recipe("clinc-4l", {"teacher.label_map": {"LABEL_0": 3}})
 
 
 def test_default_teacher_settings_keep_their_cache_key() -> None:
@@ -196,13 +196,13 @@ def test_default_teacher_settings_keep_their_cache_key() -> None:
     are left out at their defaults."""
     before = {"model", "epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "seed"}
     assert set(teacher._key_settings(TeacherConfig())) == before
-    assert set(teacher._key_settings(load_recipe("clinc").teacher)) == before
+    assert set(teacher._key_settings(load_recipe("clinc-4l").teacher)) == before
     assert teacher._key_settings(TeacherConfig(fine_tune="always"))["fine_tune"] == "always"
     assert teacher._key_settings(TeacherConfig(layers=[0, 2]))["layers"] == [0, 2]
     assert teacher._key_settings(TeacherConfig(group_by_length=True))["group_by_length"] is True
     assert set(asdict(TeacherConfig())) == before | {"fine_tune", "label_map", "layers", "group_by_length"}
     # The clinc teacher's settings key, as it was before any of the four existed:
-    assert cache_key(teacher._key_settings(load_recipe("clinc").teacher)) == "6c8095d712f44804"
+    assert cache_key(teacher._key_settings(load_recipe("clinc-4l").teacher)) == "6c8095d712f44804"
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +287,7 @@ def test_export_only_bundles_the_checkpoint_itself(tmp_path: Path, taught: Teach
     table = ", ".join(f'LABEL_{j} = "{DATA_LABELS[i]}"' for j, i in enumerate(ORDER))
     recipe = tmp_path / "export-only.toml"
     recipe.write_text(
-        f'extends = "clinc"\n[teacher]\nlabel_map = {{{table}}}\n[distill]\nstudent = "teacher"\n'
+        f'extends = "clinc-4l"\n[teacher]\nlabel_map = {{{table}}}\n[distill]\nstudent = "teacher"\n'
     )
     overrides = _tiny_overrides(tmp_path, Path(taught.splits.source), folder) | {
         "package.name": "export-only"
@@ -345,7 +345,7 @@ def test_a_fine_tuned_checkpoint_is_distilled_without_training_it_again(
         "distill.epochs": 1,
         "package.name": f"{family}-checkpoint",
     }
-    built = build(load_recipe("clinc", overrides))
+    built = build(load_recipe("clinc-4l", overrides))
     bundle, m = built.path, built.manifest
     kept = m["teacher"]
     assert kept["fine_tuned_here"] is False and kept["settings"] is None and kept["head"] == "checkpoint's"
@@ -392,7 +392,7 @@ def test_export_only_prunes_the_teacher_when_asked(tmp_path: Path, tiny_data: Pa
         "prune.ffn_fraction": 0.5,
         "prune.multiple_of": 16,
     }
-    m = build(load_recipe("clinc", overrides)).manifest
+    m = build(load_recipe("clinc-4l", overrides)).manifest
     pruning = m["pruning"]
     assert pruning["before"]["layers"] == m["teacher"]["layers"] == 2
     assert pruning["before"]["intermediate_size"] == [64, 64] and pruning["after"]["intermediate_size"] == [

@@ -99,7 +99,7 @@ def test_real_clinc_keeps_its_cache_keys() -> None:
 
     if not CLINC_DIR.is_dir():
         pytest.skip(f"CLINC150 data not found at {CLINC_DIR}")
-    recipe = load_recipe("clinc", {"data.source": str(CLINC_DIR)})
+    recipe = load_recipe("clinc-4l", {"data.source": str(CLINC_DIR)})
     splits, max_length = data.run(recipe.data, recipe.teacher.model)
     assert teacher._data_fingerprint(splits) == "a49a8c4cc940ff28" and max_length == 64
     assert splits.record["carved"] is None and splits.record["truncated"] == {

@@ -71,7 +71,7 @@ def display() -> Iterator[str]:
 def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model: Path) -> Path:
     tmp = tmp_path_factory.mktemp("desktop")
     return build(
-        load_recipe("clinc", _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0})
+        load_recipe("clinc-4l", _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0})
     ).path
 
 

@@ -81,7 +81,7 @@ def test_length_grouping_changes_the_cache_keys_only_when_on() -> None:
     grouped = load_recipe("clinc-pruned", {"prune.recovery_group_by_length": False}).prune
     assert prune._key_settings(grouped)["recovery_group_by_length"] is False
     with pytest.raises(RecipeError, match="group_by_length = 'yes' has the wrong type"):
-        load_recipe("clinc", {"distill.group_by_length": "yes"})
+        load_recipe("clinc-4l", {"distill.group_by_length": "yes"})
 
 
 def test_length_grouped_batches_pad_less(
@@ -144,14 +144,14 @@ def test_length_grouping_reaches_every_stage(tmp_path: Path, tiny_data: Path, ti
         patch.setattr(training, "training_arguments", spy)
         patch.setattr(teacher, "training_arguments", spy)
         overrides = {"teacher.group_by_length": True, "distill.group_by_length": True}
-        manifest = build(load_recipe("clinc", base | overrides)).manifest
+        manifest = build(load_recipe("clinc-4l", base | overrides)).manifest
         assert used == [True, True, True]  # teacher, student, recovery
         assert manifest["distillation"]["settings"]["group_by_length"] is True
         assert manifest["pruning"]["recovery"]["group_by_length"] is True
         used.clear()
         shuffled: dict[str, object] = {"distill.group_by_length": True, "package.name": "tiny-2"}
         shuffled["prune.recovery_group_by_length"] = False
-        manifest = build(load_recipe("clinc", base | shuffled)).manifest
+        manifest = build(load_recipe("clinc-4l", base | shuffled)).manifest
         assert used == [False, True, False]
         assert manifest["pruning"]["recovery"]["group_by_length"] is False
 
@@ -169,7 +169,7 @@ def test_distillation_with_the_hidden_state_loss(tmp_path: Path, tiny_data: Path
         "prune.drop_layers": [0],
         "distill.layers": [0, 1],
     }
-    manifest = build(load_recipe("clinc", overrides)).manifest
+    manifest = build(load_recipe("clinc-4l", overrides)).manifest
     assert manifest["distillation"]["settings"]["hidden_weight"] == 1.0
     assert manifest["pruning"]["recovery"]["hidden_weight"] == 1.0  # the recovery uses the same losses
 
@@ -216,7 +216,7 @@ def test_auto_layers_resolve_to_the_cache_key_of_their_list(tmp_path: Path) -> N
     assert twelve == DistillConfig(layers=[0, 2, 4, 5, 7, 8, 10, 11], alpha=0.3)
     assert _key_settings(twelve) == _key_settings(DistillConfig(layers=[0, 2, 4, 5, 7, 8, 10, 11], alpha=0.3))
     generic = load_recipe("generic", {"data.source": "x"}).distill
-    clinc = load_recipe("clinc").distill
+    clinc = load_recipe("clinc-4l").distill
     assert generic.layers == "auto" and clinc.layers == [0, 2, 4, 5]
     six = resolve_layers(generic, distilbert6)
     assert six == clinc

@@ -64,7 +64,7 @@ def family_build(
     family = request.param
     tmp = tmp_path_factory.mktemp(f"build-{family}")
     overrides = _family_overrides(tmp, tiny_data, tiny_family_model(family))
-    return family, build(load_recipe("clinc", overrides)).path, overrides
+    return family, build(load_recipe("clinc-4l", overrides)).path, overrides
 
 
 def test_the_family_table() -> None:
@@ -145,7 +145,8 @@ def taught(
 ) -> Any:
     """A fine-tuned 3-layer, 4-head teacher of the family."""
     recipe = load_recipe(
-        "clinc", _family_overrides(tmp_path_factory.mktemp("t"), tiny_data, tiny_family_model(request.param))
+        "clinc-4l",
+        _family_overrides(tmp_path_factory.mktemp("t"), tiny_data, tiny_family_model(request.param)),
     )
     splits = load_splits(recipe.data)
     return teacher.run(splits, recipe.teacher, MAX_LENGTH, Cache(recipe.cache_dir))
@@ -219,7 +220,7 @@ def test_an_unknown_family_ships_unfused_with_a_warning(
 ) -> None:
     overrides = _family_overrides(tmp_path, tiny_data, tiny_electra) | {"distill.student": "teacher"}
     with caplog.at_level(logging.WARNING, logger="edgepack.optimize"):
-        bundle = build(load_recipe("clinc", overrides)).path
+        bundle = build(load_recipe("clinc-4l", overrides)).path
     assert any(
         "'electra' is not a family" in r.getMessage() and "ships unfused" in r.getMessage()
         for r in caplog.records

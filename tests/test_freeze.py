@@ -30,7 +30,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model:
     """A tiny bundle built by the pipeline (as tests/test_bench.py builds it)."""
     tmp = tmp_path_factory.mktemp("freeze-bundle")
     return build(
-        load_recipe("clinc", _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0})
+        load_recipe("clinc-4l", _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0})
     ).path
 
 

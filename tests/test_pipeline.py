@@ -33,7 +33,7 @@ RECORDS = (
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model: Path) -> Path:
 
     tmp = tmp_path_factory.mktemp("built")
-    recipe = load_recipe("clinc", _tiny_overrides(tmp, tiny_data, tiny_model))
+    recipe = load_recipe("clinc-4l", _tiny_overrides(tmp, tiny_data, tiny_model))
     return build(recipe).path
 
 
@@ -130,7 +130,7 @@ def test_second_build_reuses_the_cached_teacher(
     first = json.loads((built / "manifest.json").read_text())
     overrides = _tiny_overrides(Path(first["recipe"]["cache_dir"]).parent, tiny_data, tiny_model)
     overrides |= {"search.trials": 0, "package.output_dir": str(tmp_path)}
-    second = build(load_recipe("clinc", overrides))
+    second = build(load_recipe("clinc-4l", overrides))
     manifest = second.manifest
     assert manifest == json.loads(
         (second.path / "manifest.json").read_text()
@@ -138,14 +138,14 @@ def test_second_build_reuses_the_cached_teacher(
     assert manifest["teacher"]["cached"] is True
     assert manifest["teacher"]["cache_key"] == first["teacher"]["cache_key"]
     assert "search" not in manifest["distillation"] and manifest["distillation"]["cached"] is False
-    third = build(load_recipe("clinc", overrides | {"package.name": "third"}))
+    third = build(load_recipe("clinc-4l", overrides | {"package.name": "third"}))
     assert third.path.name == "third" and third.manifest["distillation"]["cached"] is True
 
 
 def test_existing_bundle_is_refused_without_force(built: Path, tiny_data: Path, tiny_model: Path) -> None:
     overrides = _tiny_overrides(built.parent.parent, tiny_data, tiny_model)
     with pytest.raises(EdgepackError, match="already exists. Pass --force"):
-        build(load_recipe("clinc", overrides))
+        build(load_recipe("clinc-4l", overrides))
 
 
 def test_failure_mid_package_leaves_the_old_bundle_intact(
@@ -159,7 +159,7 @@ def test_failure_mid_package_leaves_the_old_bundle_intact(
     monkeypatch.setattr(evaluate, "run", broken)
     overrides = _tiny_overrides(built.parent.parent, tiny_data, tiny_model) | {"search.trials": 0}
     with pytest.raises(RuntimeError, match="injected"):
-        build(load_recipe("clinc", overrides), force=True)
+        build(load_recipe("clinc-4l", overrides), force=True)
     assert {p.name: p.read_bytes() for p in built.iterdir()} == before
     assert sorted(p.name for p in built.parent.iterdir()) == [built.name], "partial bundle left behind"
 
@@ -198,7 +198,7 @@ def test_static_quantization_with_calibration(
         "quantize.calibration_samples": 16,
     }
     bundle = build(
-        load_recipe("clinc", overrides)
+        load_recipe("clinc-4l", overrides)
     ).path  # the runtime warns if this CPU lacks the target's features
     q = json.loads((bundle / "manifest.json").read_text())["quantization"]
     assert q["mode"] == "static" and q["calibration_samples"] == 16 and q["weight_type"] == "int8"

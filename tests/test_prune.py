@@ -68,7 +68,8 @@ def test_nothing_enabled_passes_the_student_through(tmp_path: Path, taught: Teac
     result = _run(taught, tmp_path)
     assert result.model_dir == taught.model_dir and result.record is None
     assert not (tmp_path / "cache").exists()
-    assert load_recipe("clinc").prune.enabled is False  # the default recipe does not prune
+    # The 4-layer recipe does not prune; the default does.
+    assert not load_recipe("clinc-4l").prune.enabled and load_recipe("clinc").prune.enabled
     assert STAGES.index("prune") == STAGES.index("distill") + 1
 
 
@@ -233,7 +234,7 @@ def test_keep_layers_drops_the_layer_that_costs_least(tmp_path: Path, taught: Te
 )
 def test_bad_knobs_are_refused_with_key_and_value(overrides: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
-        load_recipe("clinc", overrides)
+        load_recipe("clinc-4l", overrides)
 
 
 def test_knobs_the_student_cannot_take_are_refused(tmp_path: Path, taught: TeacherResult) -> None:
@@ -406,11 +407,11 @@ def test_build_with_pruning_on(tmp_path: Path, tiny_data: Path, tiny_model: Path
         "prune.recovery_epochs": 1,
         "package.name": "tiny-pruned-int8",
     }
-    bundle = build(load_recipe("clinc", overrides)).path
+    bundle = build(load_recipe("clinc-4l", overrides)).path
     manifest = verify_bundle(bundle)
     pruning = manifest["pruning"]
     assert pruning["cached"] is False
-    again = verify_bundle(build(load_recipe("clinc", overrides | {"package.name": "again"})).path)
+    again = verify_bundle(build(load_recipe("clinc-4l", overrides | {"package.name": "again"})).path)
     assert again["pruning"]["cached"] is True and again["pruning"]["cache_key"] == pruning["cache_key"]
     assert pruning["before"]["layers"] == 2 and pruning["after"]["layers"] == 1
     assert pruning["after"]["heads"] == [1] and pruning["after"]["intermediate_size"] == [32]

@@ -115,10 +115,10 @@ def test_ids_past_the_4bit_table_are_still_an_error(tmp_path: Path, fused: tuple
 )
 def test_bad_embedding_settings_are_refused(overrides: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
-        load_recipe("clinc", overrides)
+        load_recipe("clinc-4l", overrides)
 
 
 def test_the_embedding_settings_are_recorded_in_the_recipe() -> None:
-    settings = load_recipe("clinc", {"quantize.embedding_bits": 4}).quantize
+    settings = load_recipe("clinc-4l", {"quantize.embedding_bits": 4}).quantize
     assert (settings.embedding_bits, settings.embedding_block_size) == (4, 64)
-    assert load_recipe("clinc").to_dict()["quantize"]["embedding_bits"] == 8
+    assert load_recipe("clinc-4l").to_dict()["quantize"]["embedding_bits"] == 8

@@ -52,7 +52,7 @@ def _overrides(tmp: Path, data: Path, model: Path, cache: str = "cache") -> dict
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, tiny_model: Path) -> Path:
     tmp = tmp_path_factory.mktemp("repro")
-    return build(load_recipe("clinc", _overrides(tmp, tiny_data, tiny_model))).path
+    return build(load_recipe("clinc-4l", _overrides(tmp, tiny_data, tiny_model))).path
 
 
 def _manifest(bundle: Path) -> dict[str, Any]:

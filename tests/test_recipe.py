@@ -10,7 +10,7 @@ from edgepack.targets import TARGETS, QuantizeConfig, QuantMode
 
 
 @pytest.mark.parametrize(
-    "name", ["clinc", "clinc-quick", "clinc-bert", "clinc-pruned", "clinc-small", "clinc-tiny"]
+    "name", ["clinc", "clinc-4l", "clinc-quick", "clinc-bert", "clinc-pruned", "clinc-small", "clinc-tiny"]
 )
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(name)
@@ -18,8 +18,32 @@ def test_shipped_recipes_load(name: str) -> None:
     assert recipe.data.max_length == 64
 
 
+def test_the_default_is_clinc_small_cut_straight_from_the_teacher() -> None:
+    default, small = load_recipe("clinc").to_dict(), load_recipe("clinc-small").to_dict()
+    assert default["distill"]["student"] == "teacher", "no 4-layer student: the prune stage cuts the teacher"
+    recovery = {"recovery_group_by_length": True, "recovery_learning_rate": 2e-4}
+    assert {key: default["prune"][key] for key in recovery} == recovery
+    assert small["prune"]["recovery_learning_rate"] == 1e-4
+    assert {k: v for k, v in default["prune"].items() if k not in recovery} == {
+        k: v for k, v in small["prune"].items() if k not in recovery
+    }
+    for section in ("teacher", "augment", "quantize", "evaluate"):
+        assert default[section] == small[section], section
+    assert default["package"]["name"] == "clinc-int8"
+
+
+def test_export_only_bundles_the_teacher_as_it_is_under_any_recipe() -> None:
+    from edgepack.recipe import EXPORT_ONLY_OVERLAY
+
+    for name in ("clinc", "clinc-small", "clinc-4l"):
+        recipe = load_recipe(name, overlays=(EXPORT_ONLY_OVERLAY,))  # `edgepack build --export-only`
+        assert recipe.distill.student == "teacher", name
+        assert not recipe.prune.enabled and not recipe.augment.enabled, f"{name}: the teacher as it is"
+    assert load_recipe("clinc").prune.enabled, "the default cuts the teacher; --export-only does not"
+
+
 def test_overrides_reach_nested_values() -> None:
-    recipe = load_recipe("clinc", {"teacher.epochs": 2, "target": "arm64", "quantize.mode": "static"})
+    recipe = load_recipe("clinc-4l", {"teacher.epochs": 2, "target": "arm64", "quantize.mode": "static"})
     assert recipe.teacher.epochs == 2 and recipe.target == "arm64"
     assert recipe.quantize.mode is QuantMode.STATIC
 
@@ -48,13 +72,13 @@ def test_overrides_reach_nested_values() -> None:
 )
 def test_bad_values_name_the_key_and_value(overrides: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
-        load_recipe("clinc", overrides)
+        load_recipe("clinc-4l", overrides)
 
 
 def test_unknown_recipe_lists_the_shipped_ones() -> None:
     with pytest.raises(
         RecipeError,
-        match="Unknown recipe 'nope': use one of clinc, clinc-bert, clinc-pruned, clinc-quick, clinc-small, clinc-tiny",
+        match="Unknown recipe 'nope': use one of clinc, clinc-4l, clinc-bert, clinc-pruned, clinc-quick, clinc-small, clinc-tiny",
     ):
         recipe_path("nope")
 
@@ -75,24 +99,24 @@ def test_parse_override_reads_toml_values() -> None:
 
 
 def test_target_presets() -> None:
-    recipe = load_recipe("clinc")
+    recipe = load_recipe("clinc-4l")
     avx2 = recipe.quantize
     assert (avx2.weight_type, avx2.activation_type, avx2.per_channel) == ("int8", "uint8", True)
     assert avx2.reduce_range, "7-bit weights: AVX2's u8 x s8 pair-sum must not saturate"
     assert avx2 == QuantizeConfig.avx2(), "a recipe's config is the preset's type, filled in from it"
-    vnni = load_recipe("clinc", {"target": "cpu-avx512-vnni"}).quantize
+    vnni = load_recipe("clinc-4l", {"target": "cpu-avx512-vnni"}).quantize
     assert vnni.weight_type == "int8" and "avx512_vnni" in TARGETS["cpu-avx512-vnni"].cpu_features
-    pinned = load_recipe("clinc", {"quantize.per_channel": False, "target": "arm64"}).quantize
+    pinned = load_recipe("clinc-4l", {"quantize.per_channel": False, "target": "arm64"}).quantize
     assert pinned.per_channel is False and pinned.weight_type == "int8"
 
 
 def test_extends_merges_tables_over_the_base(tmp_path: Path) -> None:
     child = tmp_path / "child.toml"
-    child.write_text('extends = "clinc"\n[teacher]\nepochs = 2\n[package]\nname = "child-int8"\n')
+    child.write_text('extends = "clinc-4l"\n[teacher]\nepochs = 2\n[package]\nname = "child-int8"\n')
     recipe = load_recipe(str(child))
     assert recipe.name == "child" and recipe.teacher.epochs == 2
     assert recipe.teacher.model == "sentence-transformers/all-MiniLM-L6-v2"  # the rest of [teacher] is kept
-    assert recipe.distill.layers == load_recipe("clinc").distill.layers
+    assert recipe.distill.layers == load_recipe("clinc-4l").distill.layers
 
 
 def test_extends_cycle_is_refused(tmp_path: Path) -> None:
@@ -105,7 +129,7 @@ def test_extends_cycle_is_refused(tmp_path: Path) -> None:
 def test_quick_budget_matches_the_clinc_quick_recipe() -> None:
     from edgepack.recipe import QUICK_OVERLAY
 
-    quick = load_recipe("clinc", overlays=(QUICK_OVERLAY,)).to_dict()
+    quick = load_recipe("clinc-4l", overlays=(QUICK_OVERLAY,)).to_dict()
     recipe = load_recipe("clinc-quick").to_dict()
     for section in ("teacher", "search", "distill"):
         assert quick[section] == recipe[section], section
@@ -113,44 +137,44 @@ def test_quick_budget_matches_the_clinc_quick_recipe() -> None:
     budget = {"layers": "auto", "epochs": 2, "learning_rate": 3e-4, "warmup_ratio": 0.1}
     assert {k: quick["teacher"][k] for k in budget} == budget
     assert quick["distill"]["student"] == "teacher" and quick["distill"]["hidden_weight"] == 0
-    assert quick["package"] == load_recipe("clinc").to_dict()["package"], "--quick keeps the recipe's name"
-    assert load_recipe("clinc").teacher.layers is None, "without the overlay every layer is fine-tuned"
-    over_small = load_recipe("clinc-small", overlays=(QUICK_OVERLAY,))  # `--recipe clinc-small --quick`
-    assert not over_small.prune.enabled and not over_small.augment.enabled, "quick: bundled as it is"
-    assert load_recipe("clinc-small").prune.enabled and load_recipe("clinc-small").augment.used_in("prune")
+    assert quick["package"] == load_recipe("clinc-4l").to_dict()["package"], "--quick keeps the recipe's name"
+    assert load_recipe("clinc-4l").teacher.layers is None, "without the overlay every layer is fine-tuned"
+    over_default = load_recipe("clinc", overlays=(QUICK_OVERLAY,))  # `edgepack build --quick`
+    assert not over_default.prune.enabled and not over_default.augment.enabled, "quick: bundled as it is"
+    assert load_recipe("clinc").prune.enabled and load_recipe("clinc").augment.used_in("prune")
 
 
 def test_settings_a_quantization_mode_ignores_are_refused() -> None:
     with pytest.raises(RecipeError, match=r"calibration_samples = 16 is invalid.*mode = \"static\""):
-        load_recipe("clinc", {"quantize.calibration_samples": 16})
+        load_recipe("clinc-4l", {"quantize.calibration_samples": 16})
     with pytest.raises(RecipeError, match="activation_type = 'int8' is invalid"):
-        load_recipe("clinc", {"quantize.activation_type": "int8"})
-    static = load_recipe("clinc", {"quantize.mode": "static", "quantize.calibration_samples": 16}).quantize
+        load_recipe("clinc-4l", {"quantize.activation_type": "int8"})
+    static = load_recipe("clinc-4l", {"quantize.mode": "static", "quantize.calibration_samples": 16}).quantize
     assert (static.calibration_method, static.calibration_samples) == ("minmax", 16)
-    assert load_recipe("clinc").quantize.calibration_samples is None, "dynamic INT8 records no calibration"
+    assert load_recipe("clinc-4l").quantize.calibration_samples is None, "dynamic INT8 records no calibration"
 
 
 def test_extends_takes_a_list_merged_in_order(tmp_path: Path) -> None:
     (tmp_path / "budget.toml").write_text("[teacher]\nepochs = 2\n[search]\ntrials = 1\n")
-    (tmp_path / "child.toml").write_text('extends = ["clinc", "budget"]\n[search]\ntrials = 3\n')
+    (tmp_path / "child.toml").write_text('extends = ["clinc-4l", "budget"]\n[search]\ntrials = 3\n')
     recipe = load_recipe(str(tmp_path / "child.toml"))
-    assert (recipe.teacher.epochs, recipe.search.trials, recipe.package.name) == (2, 3, "clinc-int8")
+    assert (recipe.teacher.epochs, recipe.search.trials, recipe.package.name) == (2, 3, "clinc-4l-int8")
 
 
 def test_out_of_scope_rules_are_checked() -> None:
-    assert load_recipe("clinc").evaluate.oos_threshold == "reject:0.02"
+    assert load_recipe("clinc-4l").evaluate.oos_threshold == "reject:0.02"
     for good in ("reject:0.05", "auto", "accuracy", "none"):
-        load_recipe("clinc", {"evaluate.oos_threshold": good})
-    load_recipe("clinc", {"evaluate.oos_threshold": 3.5, "evaluate.oos_method": "energy"})
+        load_recipe("clinc-4l", {"evaluate.oos_threshold": good})
+    load_recipe("clinc-4l", {"evaluate.oos_threshold": 3.5, "evaluate.oos_method": "energy"})
     with pytest.raises(
         RecipeError, match="oos_method = 'auto' is invalid.*a number is on one method's score"
     ):
-        load_recipe("clinc", {"evaluate.oos_threshold": 3.5})
+        load_recipe("clinc-4l", {"evaluate.oos_threshold": 3.5})
     for bad in ("reject:1.5", "reject:x", "balanced-ish"):
         with pytest.raises(RecipeError, match="oos_threshold .* is invalid.*reject:Q"):
-            load_recipe("clinc", {"evaluate.oos_threshold": bad})
+            load_recipe("clinc-4l", {"evaluate.oos_threshold": bad})
     with pytest.raises(RecipeError, match="oos_method = 'knn' is invalid"):
-        load_recipe("clinc", {"evaluate.oos_method": "knn"})
+        load_recipe("clinc-4l", {"evaluate.oos_method": "knn"})
 
 
 def test_the_generic_recipe_fits_any_data(tmp_path: Path) -> None:
@@ -194,7 +218,7 @@ def test_bundle_names_come_from_the_data(tmp_path: Path) -> None:
 )
 def test_bad_data_and_rejection_values(overrides: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
-        load_recipe("clinc", overrides)
+        load_recipe("clinc-4l", overrides)
 
 
 def test_auto_layers_are_checked_against_the_teacher_depth(tiny_family_model: Callable[[str], Path]) -> None:
@@ -213,7 +237,7 @@ def test_auto_layers_are_checked_against_the_teacher_depth(tiny_family_model: Ca
     kept = rf"keep_layers = 3 is invalid: expected at most the student's 2 layers {where}"
     with pytest.raises(RecipeError, match=kept):
         distill.check_depth(hub.distill, hub.prune, teacher)
-    distill.check_depth(load_recipe("clinc").distill, hub.prune, "org/model")  # a list: no teacher is read
+    distill.check_depth(load_recipe("clinc-4l").distill, hub.prune, "org/model")  # a list: no teacher is read
     # [teacher] layers: the teacher is the slice, so "auto" student layers come from its depth (2 of 3 here).
     sliced = r"\(\[distill\] layers = \"auto\": \[0\] of the teacher's 2 layers\)"
     for layers in ([0, 2], "auto"):

@@ -62,7 +62,7 @@ def signed_build(
     tmp = tmp_path_factory.mktemp("signed-build")
     overrides = _tiny_overrides(tmp, tiny_data, tiny_model) | {"search.trials": 0}
     settings = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-    result = edgepack("build", "--recipe", "clinc", *settings, "--sign-key", str(keys.private))
+    result = edgepack("build", "--recipe", "clinc-4l", *settings, "--sign-key", str(keys.private))
     assert result.exit_code == 0, result.output
     assert f"signed with {keys.private}" in result.output
     return tmp / "bundles" / overrides["package.name"]
