@@ -28,6 +28,7 @@ from edgepack.targets import TARGETS, QuantizeConfig
 RECIPES_DIR = Path(__file__).parent / "recipes"
 # The small budget of `--quick` and of the clinc-quick recipe (an overlay: stage tables only, no name).
 QUICK_OVERLAY = str(RECIPES_DIR / "overlays" / "quick.toml")
+# `--export-only`: the fine-tuned teacher bundled as it is (no distillation, no pruning, no augmented text).
 EXPORT_ONLY_OVERLAY = str(RECIPES_DIR / "overlays" / "export-only.toml")
 DEFAULT_RECIPE = "clinc"
 GENERIC_RECIPE = "generic"  # what `edgepack build --data PATH` uses without --recipe
