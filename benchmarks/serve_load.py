@@ -312,8 +312,9 @@ def markdown(report: dict[str, Any]) -> str:
                 if batch["speedup"] >= 2
                 else f"Even the graph batched as it is (texts sorted by length, one scale per batch) reaches "
                 f"only {batch['graph_as_is']['speedup']:.2f}x here. An exact per-text rewrite of the graph "
-                "(each text quantized with its own scale inside a batch) was built and measured at 1.02-1.4x "
-                "on this machine, for a second model copy in memory and +0.5 s per load: not kept."
+                "(each text quantized with its own scale inside a batch) was built in session 7 and measured "
+                "at 1.02-1.4x on the 4-layer graph of the AVX2 VM, and at 1.01x on the 2-layer default on the Zen 5 "
+                'VM in session 13 (RESULTS.md, "Session 13"): not kept.'
             ),
             "",
         ]

@@ -5,7 +5,8 @@ transformer optimizer fuses.
 Fusions, as measured with onnxruntime 1.32 on TorchScript exports (opset 17); Optimum's `ORTOptimizer` maps the
 same model types to ORT's "bert" optimizer:
 
-- BERT (eager attention): EmbedLayerNormalization 1, and per layer Attention 1, SkipLayerNormalization 2, Gelu 1.
+- BERT (eager attention): EmbedLayerNormalization 1, and per layer Attention 1, Gelu 1 and 2 LayerNormalization
+  (after residual Adds; edgepack.optimize says why they are not fused into SkipLayerNormalization).
 - DistilBERT: the same, when exported with SDPA attention. Its eager attention (`masked_fill` on the scores)
   matches ORT's DistilBERT pattern except for the mask check, so no Attention would be fused.
 - RoBERTa and XLM-R (one graph): per layer as BERT; the embeddings are not fused, because ORT's
@@ -71,7 +72,8 @@ class Family:
         embeddings = {"EmbedLayerNormalization": 1} if self.fuses_embeddings else {}
         return embeddings | {
             "Attention": num_layers,
-            "SkipLayerNormalization": 2 * num_layers,
+            # two per layer, and the embeddings' own when they are not fused
+            "LayerNormalization": 2 * num_layers + (0 if self.fuses_embeddings else 1),
             "Gelu": num_layers,
         }
 

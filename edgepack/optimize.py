@@ -1,5 +1,10 @@
 """Optimize stage: ONNX Runtime's transformer graph fusion, with the fused operators counted and checked against
-what ORT fuses for the model's family (edgepack.architectures). A family ORT cannot fuse ships unfused."""
+what ORT fuses for the model's family (edgepack.architectures). A family ORT cannot fuse ships unfused.
+
+One fusion stays off: residual Add + LayerNormalization into SkipLayerNormalization. ONNX Runtime 1.32's CPU kernel
+for it is a scalar loop with a division per element, 3-7x slower than the two operators it replaces
+(benchmarks/layernorm_kernels.py); without it the default bundle's graph takes 24% less time (RESULTS.md, "Session
+13"). The runtime keeps ORT from fusing them back when it loads a graph (edgepack_runtime.classifier)."""
 
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ def run(
 
     model_type = family.ort_model_type
     options = FusionOptions(model_type)
+    options.enable_skip_layer_norm = False  # slow on CPU: see the module's docstring
     # num_heads / hidden_size 0 = read them from the graph, which also works after head pruning.
     optimized = optimizer.optimize_model(
         str(onnx_path),

@@ -299,7 +299,7 @@ def test_export_only_bundles_the_checkpoint_itself(tmp_path: Path, taught: Teach
     assert "search" not in m["distillation"] and m["pruning"] is None
     assert m["model"]["layers"] == 3 and m["model"]["architecture"] == "roberta"
     fused = m["optimization"]
-    expected = {"Attention": 3, "SkipLayerNormalization": 6, "Gelu": 3}
+    expected = {"Attention": 3, "LayerNormalization": 7, "Gelu": 3}
     assert fused["complete"] and {k: fused["fused_operators"][k] for k in expected} == expected
     assert m["quantization"]["op_counts"].get("QAttention") == 3
     clf = Classifier.load(bundle, threads=1)

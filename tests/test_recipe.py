@@ -32,6 +32,19 @@ def test_the_default_is_clinc_small_cut_straight_from_the_teacher() -> None:
     assert default["package"]["name"] == "clinc-int8"
 
 
+def test_clinc_tiny_is_the_default_pruned_further_with_a_4bit_table() -> None:
+    default, tiny = load_recipe("clinc").to_dict(), load_recipe("clinc-tiny").to_dict()
+    further = {"heads_fraction": 0.5, "ffn_fraction": 0.75, "vocab_keep_first": 5000}
+    assert {key: tiny["prune"][key] for key in further} == further
+    assert {k: v for k, v in tiny["prune"].items() if k not in further} == {
+        k: v for k, v in default["prune"].items() if k not in further
+    }
+    assert (tiny["quantize"]["embedding_bits"], tiny["quantize"]["embedding_block_size"]) == (4, 64)
+    for section in ("teacher", "distill", "augment", "evaluate"):
+        assert tiny[section] == default[section], section
+    assert tiny["package"]["name"] == "clinc-tiny-int8"
+
+
 def test_export_only_bundles_the_teacher_as_it_is_under_any_recipe() -> None:
     from edgepack.recipe import EXPORT_ONLY_OVERLAY
 

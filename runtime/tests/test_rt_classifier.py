@@ -253,3 +253,38 @@ def test_oos_threshold_rejects_low_confidence(make_bundle: MakeBundle) -> None:
     assert [p.label for p in clf.predict_batch(TEXTS)] == [clf.predict(t).label for t in TEXTS]
     # predict_proba never applies the threshold.
     assert np.array_equal(clf.predict_proba(TEXTS), plain.predict_proba(TEXTS))
+
+
+def _residual_layer_norm(hidden: int = 8) -> bytes:
+    """x + skip, then LayerNormalization: the pair ONNX Runtime's SkipLayerNormFusion fuses."""
+    norm = [
+        tiny_onnx.tensor("gamma", np.ones(hidden, np.float32)),
+        tiny_onnx.tensor("beta", np.zeros(hidden, np.float32)),
+    ]
+    nodes = [
+        tiny_onnx.node("Add", ["x", "skip"], ["sum"]),
+        tiny_onnx.node("LayerNormalization", ["sum", "gamma", "beta"], ["y"]),
+    ]
+    inputs = [tiny_onnx.value_info(name, tiny_onnx.FLOAT, [2, 3, hidden]) for name in ("x", "skip")]
+    outputs = [tiny_onnx.value_info("y", tiny_onnx.FLOAT, [2, 3, hidden])]
+    return tiny_onnx.model(tiny_onnx.graph("residual", nodes, norm, inputs, outputs))
+
+
+def test_sessions_keep_a_residual_add_and_layer_norm_apart(tmp_path: Path) -> None:
+    """ORT would fuse them into SkipLayerNormalization, a kernel several times slower (see classifier.py)."""
+    import onnxruntime as ort
+
+    from edgepack_runtime.classifier import inference_session
+    from edgepack_runtime.protoscan import scan_model
+
+    def optimized_ops(start: Any) -> set[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        start(_residual_layer_norm(), options)
+        return set(scan_model((tmp_path / "optimized.onnx").read_bytes()).op_types)
+
+    fused = optimized_ops(
+        lambda model, options: ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    )
+    assert fused == {"com.microsoft:SkipLayerNormalization"}  # what ORT does on its own
+    assert optimized_ops(inference_session) == {"Add", "LayerNormalization"}

@@ -31,6 +31,10 @@ DYNAMIC_QUANT_OPS = frozenset(
     {"DynamicQuantizeLinear", "com.microsoft:DynamicQuantizeMatMul", "com.microsoft:DynamicQuantizeLSTM"}
 )
 _PAD_TOKENS = ("[PAD]", "<pad>", "<PAD>")
+# ONNX Runtime graph fusions left off when a session starts. SkipLayerNormFusion would turn a residual Add and
+# LayerNormalization back into SkipLayerNormalization, whose CPU kernel (ORT 1.32) is 3-7x slower than the
+# two (benchmarks/layernorm_kernels.py): edgepack builds graphs without it and keeps them that way.
+DISABLED_FUSIONS = ("SkipLayerNormFusion",)
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,19 @@ def feeds(
     return {name: array.astype(types[name], copy=False) for name, array in out.items()}
 
 
+def inference_session(model: bytes | str, options: ort.SessionOptions) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session on `model` (bytes or a path), as edgepack runs one (DISABLED_FUSIONS)."""
+    return ort.InferenceSession(
+        model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_FUSIONS)
+    )
+
+
 def _session(model: bytes, threads: int) -> ort.InferenceSession:
     options = session_options(threads)
     options.log_severity_level = 4  # errors reach the caller as BundleError, not as log lines on stderr
     options.add_session_config_entry("session.load_model_format", "ONNX")  # never the ORT flatbuffer format
     try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return inference_session(model, options)
     except Exception as err:  # ORT raises its own exception types
         raise BundleError("model.onnx", f"ONNX Runtime cannot load it: {str(err)[:300]}") from None
 
