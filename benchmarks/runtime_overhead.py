@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from edgepack_runtime import Classifier
 from edgepack_runtime.bench import SAMPLE_QUERIES
 from edgepack_runtime.bench import summarize as latency_figures
-from edgepack_runtime.classifier import inference_session, session_options
+from edgepack_runtime.classifier import session_options
 from edgepack_runtime.data import DataError, load_labeled
 from tokenizers import Tokenizer
 
@@ -53,7 +54,9 @@ def runtime_method(clf: Classifier) -> Method:
 
 
 def bare_method(bundle: Path, threads: int, labels: list[str]) -> Method:
-    session = inference_session((bundle / "model.onnx").read_bytes(), session_options(threads))
+    session = ort.InferenceSession(
+        (bundle / "model.onnx").read_bytes(), session_options(threads), providers=["CPUExecutionProvider"]
+    )
     tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
     names = {i.name for i in session.get_inputs()}
 

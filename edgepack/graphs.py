@@ -23,10 +23,10 @@ def graph_outputs(
     """The named outputs for texts, in order (batches of similar length, so padding stays small). Dynamic
     INT8 graphs scale activations per batch: batch_size=1 gives what the runtime computes."""
     import onnxruntime as ort
-    from edgepack_runtime.classifier import inference_session
+    from edgepack_runtime.classifier import session_options
     from tqdm.auto import tqdm
 
-    session = inference_session(str(onnx_path), ort.SessionOptions())  # as the runtime runs it
+    session = ort.InferenceSession(str(onnx_path), session_options(0), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     order = np.argsort([len(t) for t in texts], kind="stable")
     found: dict[str, np.ndarray] = {}

@@ -78,13 +78,14 @@ class GraphProfile:
 
 
 def _session(model: bytes, threads: int, profile_prefix: str | None = None) -> Any:
-    from edgepack_runtime.classifier import inference_session, session_options
+    import onnxruntime as ort
+    from edgepack_runtime.classifier import session_options
 
     options = session_options(threads)
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    return inference_session(model, options)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _gemm_model(weights: str, m: int, k: int, n: int) -> bytes:

@@ -71,11 +71,13 @@ def _positive_int(value: object, name: str) -> int:
 
 def session_options(threads: int) -> ort.SessionOptions:
     """How every edgepack session runs (the runtime's, and the build side's measurements alike): `threads`
-    intra-op threads (0: ONNX Runtime decides), one inter-op thread, operators run in sequence."""
+    intra-op threads (0: ONNX Runtime decides), one inter-op thread, operators run in sequence, the fusions in
+    DISABLED_FUSIONS off."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("optimization.disable_specified_optimizers", ",".join(DISABLED_FUSIONS))
     return options
 
 
@@ -101,19 +103,12 @@ def feeds(
     return {name: array.astype(types[name], copy=False) for name, array in out.items()}
 
 
-def inference_session(model: bytes | str, options: ort.SessionOptions) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session on `model` (bytes or a path), as edgepack runs one (DISABLED_FUSIONS)."""
-    return ort.InferenceSession(
-        model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(DISABLED_FUSIONS)
-    )
-
-
 def _session(model: bytes, threads: int) -> ort.InferenceSession:
     options = session_options(threads)
     options.log_severity_level = 4  # errors reach the caller as BundleError, not as log lines on stderr
     options.add_session_config_entry("session.load_model_format", "ONNX")  # never the ORT flatbuffer format
     try:
-        return inference_session(model, options)
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own exception types
         raise BundleError("model.onnx", f"ONNX Runtime cannot load it: {str(err)[:300]}") from None
 
