@@ -5,7 +5,8 @@ com.microsoft SkipLayerNormalization against the two operators it replaces, on e
 
 Each graph is one operator (or the Add, bias Add and LayerNormalization the fusion replaces) on [batch, tokens,
 hidden] float tensors; sessions run with graph fusions as edgepack's runtime does (SkipLayerNormFusion off, so
-the unfused graph stays unfused); rounds alternate between the two; the figure is the median time per call.
+the unfused graph stays unfused); rounds alternate between the two; the figure is the median over rounds of each
+round's median time per call.
 Both graphs' outputs are compared on the same inputs. Writes the `layernorm_kernels` section of RESULTS.md.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import platform
 import statistics
-import time
 from importlib.metadata import version
 from typing import Any
 
@@ -55,16 +55,11 @@ def _graph(fused: bool, hidden: int) -> bytes:
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
-def _time(session: Any, feeds: dict[str, np.ndarray], calls: int) -> float:
-    started = time.perf_counter()
-    for _ in range(calls):
-        session.run(None, feeds)
-    return (time.perf_counter() - started) / calls * 1e6
-
-
 def measure(threads: int, rounds: int, calls: int) -> list[dict[str, Any]]:
     import onnxruntime as ort
     from edgepack_runtime.classifier import session_options
+
+    from edgepack.bench.floor import median_run_seconds
 
     rows = []
     for batch, tokens, hidden in SHAPES:
@@ -80,7 +75,7 @@ def measure(threads: int, rounds: int, calls: int) -> list[dict[str, Any]]:
         times: dict[str, list[float]] = {k: [] for k in sessions}
         for _ in range(rounds):
             for k, s in sessions.items():
-                times[k].append(_time(s, feeds, calls))
+                times[k].append(1e6 * median_run_seconds(s, feeds, warmup=0, runs=calls))
         fused, apart = (statistics.median(times[k]) for k in ("fused", "apart"))
         rows.append(
             {
@@ -101,7 +96,8 @@ def markdown(rows: list[dict[str, Any]], threads: int, rounds: int, calls: int) 
         "## SkipLayerNormalization against Add + LayerNormalization (`benchmarks/layernorm_kernels.py`)",
         "",
         f"`python benchmarks/layernorm_kernels.py --threads {threads}`: one ONNX Runtime session per graph, "
-        f"{rounds} alternating rounds of {calls} calls, median microseconds per call; inputs [batch, tokens, "
+        f"{rounds} alternating rounds of {calls} calls, microseconds per call (median over rounds of each round's "
+        "median); inputs [batch, tokens, "
         "hidden] float32. Add + LayerNormalization is what edgepack's graphs run since session 13 "
         "(edgepack.optimize), SkipLayerNormalization what ORT's transformer optimizer fuses them into.",
         "",
