@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -18,15 +18,17 @@ def test_shipped_recipes_load(name: str) -> None:
     assert recipe.data.max_length == 64
 
 
+def _without(table: dict, keys: Iterable[str]) -> dict:
+    return {k: v for k, v in table.items() if k not in keys}
+
+
 def test_the_default_is_clinc_small_cut_straight_from_the_teacher() -> None:
     default, small = load_recipe("clinc").to_dict(), load_recipe("clinc-small").to_dict()
     assert default["distill"]["student"] == "teacher", "no 4-layer student: the prune stage cuts the teacher"
     recovery = {"recovery_group_by_length": True, "recovery_learning_rate": 2e-4}
     assert {key: default["prune"][key] for key in recovery} == recovery
     assert small["prune"]["recovery_learning_rate"] == 1e-4
-    assert {k: v for k, v in default["prune"].items() if k not in recovery} == {
-        k: v for k, v in small["prune"].items() if k not in recovery
-    }
+    assert _without(default["prune"], recovery) == _without(small["prune"], recovery)
     for section in ("teacher", "augment", "quantize", "evaluate"):
         assert default[section] == small[section], section
     assert default["package"]["name"] == "clinc-int8"
@@ -36,9 +38,7 @@ def test_clinc_tiny_is_the_default_pruned_further_with_a_4bit_table() -> None:
     default, tiny = load_recipe("clinc").to_dict(), load_recipe("clinc-tiny").to_dict()
     further = {"heads_fraction": 0.5, "ffn_fraction": 0.75, "vocab_keep_first": 5000}
     assert {key: tiny["prune"][key] for key in further} == further
-    assert {k: v for k, v in tiny["prune"].items() if k not in further} == {
-        k: v for k, v in default["prune"].items() if k not in further
-    }
+    assert _without(tiny["prune"], further) == _without(default["prune"], further)
     assert (tiny["quantize"]["embedding_bits"], tiny["quantize"]["embedding_block_size"]) == (4, 64)
     for section in ("teacher", "distill", "augment", "evaluate"):
         assert tiny[section] == default[section], section
