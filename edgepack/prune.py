@@ -403,6 +403,8 @@ def run(
     parts = [distilled.record["cache_key"], _key_settings(config), transfer_key, max_length]
     if distilled.settings.student == EXPORT_ONLY:  # its key is the teacher's: add what the recovery uses
         parts.append(_recovery_inputs(distilled.settings))
+    if config.vocab is VocabMode.TRAIN and config.vocab_keep_first > 0:
+        parts.append(vocab.FIRST_IDS_RULE)
     key = cache_key(*parts)
     folder = cache.folder("pruned", key)
     with cache.claim(folder) as fresh:

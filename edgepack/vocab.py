@@ -32,6 +32,9 @@ from edgepack.training import predict_logits
 log = logging.getLogger(__name__)
 
 LOGIT_TOLERANCE = 1e-4  # identically tokenized texts: only padding-length rounding may differ
+# How `plan` treats the first ids (keep_first): part of the prune cache key, so a student trimmed under an
+# earlier rule (which kept BERT's [unusedN] rows) is trimmed again rather than reused.
+FIRST_IDS_RULE = "first ids the tokenizer can produce"
 
 
 @dataclass
@@ -74,11 +77,26 @@ def _unguarded_pieces(vocab: dict[str, int], prefix: str, special: set[str]) -> 
     return pieces, sorted(lacking)
 
 
+def _producible(backend: Any, piece: str | None, prefix: str) -> bool:
+    """Whether the tokenizer could ever emit `piece`: its text (without the continuation prefix) must come out
+    of the normalizer unchanged and stay one word through the pre-tokenizer. BERT's `[unusedN]` rows fail (the
+    pre-tokenizer splits off the brackets), as would a piece with a capital under a lowercasing normalizer.
+    Conservative: a piece that passes may still never be matched."""
+    if piece is None:
+        return False
+    text = piece[len(prefix) :] if piece.startswith(prefix) and len(piece) > len(prefix) else piece
+    if backend.normalizer is not None and backend.normalizer.normalize_str(text) != text:
+        return False
+    words = [text] if backend.pre_tokenizer is None else backend.pre_tokenizer.pre_tokenize_str(text)
+    return len(words) == 1 and words[0][0] == text
+
+
 def plan(tokenizer: Any, train_texts: Sequence[str], keep_first: int = 0) -> VocabPlan:
     """Which ids to keep: special tokens, every piece of the (untruncated) training text, single characters,
     and every id below `keep_first`. BERT-family WordPiece vocabularies list their pieces by frequency in the
     pretraining corpus (`the`, `of`, `and`, ... right after the single characters), so the first ids are the
-    most common pieces: keeping them makes unseen text segment as before far more often."""
+    most common pieces: keeping them makes unseen text segment as before far more often. Among those first ids,
+    pieces the tokenizer can never emit (BERT's ~1,000 `[unusedN]` rows) are dropped: no text reaches them."""
     from tokenizers import Tokenizer
 
     data = _backend_json(tokenizer)
@@ -88,6 +106,7 @@ def plan(tokenizer: Any, train_texts: Sequence[str], keep_first: int = 0) -> Voc
     special_tokens = {t["content"] for t in data.get("added_tokens", [])} | set(tokenizer.all_special_tokens)
     special = {t["id"] for t in data.get("added_tokens", [])} | set(tokenizer.all_special_ids)
     special.add(vocab[model["unk_token"]])
+    vocab_by_id = {i: t for t, i in vocab.items()}
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
     backend.no_padding()
@@ -105,7 +124,8 @@ def plan(tokenizer: Any, train_texts: Sequence[str], keep_first: int = 0) -> Voc
             len(unguarded),
         )
     size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)
-    frequent = set(range(min(keep_first, size)))
+    first = set(range(min(keep_first, size)))
+    frequent = {i for i in first if i in special or _producible(backend, vocab_by_id.get(i), prefix)}
     kept = sorted(special | used | singles | unguarded | frequent)
     record = {
         "mode": "train",
@@ -117,6 +137,7 @@ def plan(tokenizer: Any, train_texts: Sequence[str], keep_first: int = 0) -> Voc
         "characters_without_single_piece": len(lacking),
         "kept_for_those_characters": len(unguarded - used - singles - special),
         "kept_first_ids": keep_first,
+        "first_ids_never_produced": len(first.difference(kept)),  # dropped: BERT's [unusedN] rows, "..."
         "chosen_from": "train",
     }
     log.info("prune: vocabulary %d -> %d pieces", size, len(kept))

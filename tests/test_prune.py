@@ -469,6 +469,28 @@ def test_trimmed_model_exports_with_parity(tmp_path: Path, trimmed: prune.PruneR
     assert quantized["op_counts"].get("QAttention") == 3
 
 
+def test_keep_first_drops_the_pieces_no_text_can_produce(tmp_path: Path) -> None:
+    """BERT's [unusedN] rows sit among the first ids; the pre-tokenizer splits their brackets off, as it splits
+    "...": no text reaches those rows, so they go."""
+    from transformers import BertTokenizerFast
+
+    alphabet = "[]01.abdeghilnorstuw"
+    pieces = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *alphabet]
+    pieces += [f"##{c}" for c in alphabet] + ["...", "world", "##orld", "hello"]
+    (tmp_path / "vocab.txt").write_text("\n".join(pieces) + "\n")
+    original = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    plan = vocab.plan(original, ["hello"], keep_first=len(pieces))
+    never = original.convert_tokens_to_ids(["[unused0]", "[unused1]", "..."])
+    assert not set(never) & set(plan.kept)
+    assert set(original.convert_tokens_to_ids(["world", "##orld", "."])) <= set(plan.kept)
+    assert plan.record["first_ids_never_produced"] == 3 and plan.record["after"] == len(pieces) - 3
+    texts = ["hello world...", "Hello World", "[unused0] wild", "0.1 toast"]
+    folder = tmp_path / "trimmed"
+    vocab.save_trimmed_tokenizer(original, plan, folder)
+    trimmed = BertTokenizerFast.from_pretrained(folder)
+    assert [trimmed.tokenize(t) for t in texts] == [original.tokenize(t) for t in texts]
+
+
 def test_keep_first_keeps_the_most_frequent_pieces_too(tmp_path: Path) -> None:
     """BERT vocabularies list pieces by frequency; keep_first keeps the first ids so common unseen words survive."""
     from transformers import BertTokenizerFast
