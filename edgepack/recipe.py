@@ -343,9 +343,8 @@ class PruneConfig:
     drop_layers: list[int] = field(default_factory=list)  # student layer indices to remove
     keep_layers: int | None = None  # or: keep this many layers, dropping those whose removal costs least
     vocab: VocabMode = VocabMode.FULL  # "train": trim the embedding table to the training text's pieces
-    vocab_keep_first: int = (
-        0  # with vocab = "train", also keep ids below this (BERT lists pieces by frequency)
-    )
+    # With vocab = "train", also keep the ids below this that text can produce (BERT lists pieces by frequency).
+    vocab_keep_first: int = 0
     importance_samples: int = 512  # training examples used to score layers, heads and FFN neurons
     recovery_epochs: float = 1.0  # distillation from the teacher's cached logits after pruning; 0 = none
     recovery_learning_rate: float = 5e-5
