@@ -10,7 +10,17 @@ from edgepack.targets import TARGETS, QuantizeConfig, QuantMode
 
 
 @pytest.mark.parametrize(
-    "name", ["clinc", "clinc-4l", "clinc-quick", "clinc-bert", "clinc-pruned", "clinc-small", "clinc-tiny"]
+    "name",
+    [
+        "clinc",
+        "clinc-2l",
+        "clinc-4l",
+        "clinc-quick",
+        "clinc-bert",
+        "clinc-pruned",
+        "clinc-small",
+        "clinc-tiny",
+    ],
 )
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(name)
@@ -22,26 +32,36 @@ def _without(table: dict, keys: Iterable[str]) -> dict:
     return {k: v for k, v in table.items() if k not in keys}
 
 
-def test_the_default_is_clinc_small_cut_straight_from_the_teacher() -> None:
+def test_the_default_is_clinc_small_cut_straight_from_the_teacher_to_3_layers() -> None:
     default, small = load_recipe("clinc").to_dict(), load_recipe("clinc-small").to_dict()
     assert default["distill"]["student"] == "teacher", "no 4-layer student: the prune stage cuts the teacher"
-    recovery = {"recovery_group_by_length": True, "recovery_learning_rate": 2e-4}
-    assert {key: default["prune"][key] for key in recovery} == recovery
-    assert small["prune"]["recovery_learning_rate"] == 1e-4
-    assert _without(default["prune"], recovery) == _without(small["prune"], recovery)
+    changed = {"keep_layers": 3, "recovery_group_by_length": True, "recovery_learning_rate": 2e-4}
+    assert {key: default["prune"][key] for key in changed} == changed
+    assert (small["prune"]["keep_layers"], small["prune"]["recovery_learning_rate"]) == (2, 1e-4)
+    assert _without(default["prune"], changed) == _without(small["prune"], changed)
     for section in ("teacher", "augment", "quantize", "evaluate"):
         assert default[section] == small[section], section
     assert default["package"]["name"] == "clinc-int8"
 
 
-def test_clinc_tiny_is_the_default_pruned_further_with_a_4bit_table() -> None:
-    default, tiny = load_recipe("clinc").to_dict(), load_recipe("clinc-tiny").to_dict()
+def test_clinc_2l_is_the_default_with_2_layers() -> None:
+    default, two = load_recipe("clinc").to_dict(), load_recipe("clinc-2l").to_dict()
+    assert two["prune"]["keep_layers"] == 2
+    assert _without(two["prune"], ["keep_layers"]) == _without(default["prune"], ["keep_layers"])
+    differ = ["name", "description", "prune", "package"]
+    assert _without(two, differ) == _without(default, differ)
+    assert _without(two["package"], ["name"]) == _without(default["package"], ["name"])
+    assert two["package"]["name"] == "clinc-2l-int8"
+
+
+def test_clinc_tiny_is_clinc_2l_pruned_further_with_a_4bit_table() -> None:
+    two, tiny = load_recipe("clinc-2l").to_dict(), load_recipe("clinc-tiny").to_dict()
     further = {"heads_fraction": 0.5, "ffn_fraction": 0.75, "vocab_keep_first": 5000}
     assert {key: tiny["prune"][key] for key in further} == further
-    assert _without(tiny["prune"], further) == _without(default["prune"], further)
+    assert _without(tiny["prune"], further) == _without(two["prune"], further)
     assert (tiny["quantize"]["embedding_bits"], tiny["quantize"]["embedding_block_size"]) == (4, 64)
     for section in ("teacher", "distill", "augment", "evaluate"):
-        assert tiny[section] == default[section], section
+        assert tiny[section] == two[section], section
     assert tiny["package"]["name"] == "clinc-tiny-int8"
 
 
@@ -91,7 +111,7 @@ def test_bad_values_name_the_key_and_value(overrides: dict, message: str) -> Non
 def test_unknown_recipe_lists_the_shipped_ones() -> None:
     with pytest.raises(
         RecipeError,
-        match="Unknown recipe 'nope': use one of clinc, clinc-4l, clinc-bert, clinc-pruned, clinc-quick, clinc-small, clinc-tiny",
+        match="Unknown recipe 'nope': use one of clinc, clinc-2l, clinc-4l, clinc-bert, clinc-pruned, clinc-quick, clinc-small, clinc-tiny",
     ):
         recipe_path("nope")
 
