@@ -81,9 +81,10 @@ def _producible(backend: Any, piece: str | None, prefix: str) -> bool:
     """Whether the tokenizer could ever emit `piece`: its text (without the continuation prefix) must come out
     of the normalizer unchanged and stay one word through the pre-tokenizer. BERT's `[unusedN]` rows fail (the
     pre-tokenizer splits off the brackets), as would a piece with a capital under a lowercasing normalizer.
-    Conservative: a piece that passes may still never be matched."""
+    Conservative: a piece that passes may still never be matched, and an id outside the WordPiece vocabulary (an
+    added token) is kept."""
     if piece is None:
-        return False
+        return True
     text = piece[len(prefix) :] if piece.startswith(prefix) and len(piece) > len(prefix) else piece
     if backend.normalizer is not None and backend.normalizer.normalize_str(text) != text:
         return False
