@@ -126,7 +126,7 @@ def plan(tokenizer: Any, train_texts: Sequence[str], keep_first: int = 0) -> Voc
         )
     size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)
     first = set(range(min(keep_first, size)))
-    frequent = {i for i in first if i in special or _producible(backend, vocab_by_id.get(i), prefix)}
+    frequent = {i for i in first if _producible(backend, vocab_by_id.get(i), prefix)}
     kept = sorted(special | used | singles | unguarded | frequent)
     record = {
         "mode": "train",
