@@ -98,20 +98,34 @@ def method_scores(method: str, logits: np.ndarray, features: np.ndarray, stats: 
     raise ValueError(f"unknown out-of-scope method {method!r}; expected one of {METHODS}")
 
 
+def _float16(value: np.ndarray) -> np.ndarray | None:
+    """`value` in float16, None when an entry is beyond its range (65,504)."""
+    return value.astype(np.float16) if np.abs(value).max() <= np.finfo(np.float16).max else None
+
+
+def _stored(value: np.ndarray) -> np.ndarray:
+    """`value` rounded to float16 when it is within its range, as the graph then stores it (_Nodes.matrix):
+    this module's scores, the threshold chosen on them and the graph's use the same numbers."""
+    half = _float16(value)
+    return (value if half is None else half).astype(np.float32)
+
+
 def _mahalanobis_tensors(stats: ClassStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """L, -2 (mean L)^T and |mean L|^2, so that |x L - mean L|^2 = |x L|^2 + (x L)(-2 (mean L)^T) + |mean L|^2:
     two matrix products and no [texts, classes, hidden] intermediate (a broadcast difference cost 8% of the
-    bundle's latency, these products about 1%)."""
-    projected = stats.means @ stats.cholesky
+    bundle's latency, these products about 1%). |mean L|^2 is summed from the stored mean L, so each distance
+    stays |x L - mean L|^2 of the stored matrices."""
+    cholesky = _stored(stats.cholesky)
+    projected = _stored(stats.means @ cholesky)
     return (
-        stats.cholesky.astype(np.float32),
-        (-2.0 * projected.T).astype(np.float32),
-        (projected**2).sum(axis=1)[None, :].astype(np.float32),
+        cholesky,
+        -2.0 * projected.T,  # exact in float16 too: a power of two
+        (projected.astype(np.float64) ** 2).sum(axis=1)[None, :].astype(np.float32),
     )
 
 
 def _unit_means(stats: ClassStats) -> np.ndarray:
-    return (stats.means / np.linalg.norm(stats.means, axis=1, keepdims=True)).astype(np.float32)
+    return _stored(stats.means / np.linalg.norm(stats.means, axis=1, keepdims=True))
 
 
 # ---------------------------------------------------------------- rules
@@ -263,6 +277,17 @@ class _Nodes:
         self.graph.initializer.append(numpy_helper.from_array(value, f"oos/{name}"))
         return f"oos/{name}"
 
+    def matrix(self, name: str, value: np.ndarray) -> str:
+        """A large float32 constant stored in float16 when that loses nothing (values from _stored), for half
+        the bytes, and cast back: ONNX Runtime folds the Cast when it loads the graph, so the products run in
+        float32 as before."""
+        from onnx import TensorProto
+
+        half = _float16(value)
+        if half is None or not np.array_equal(half.astype(np.float32), value):
+            return self.const(name, value)
+        return self.op("Cast", [self.const(f"{name}_fp16", half)], name, to=TensorProto.FLOAT)
+
     def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
         from onnx import helper
 
@@ -289,8 +314,8 @@ def _score_tensor(nodes: _Nodes, method: str, stats: ClassStats) -> str:
         return nodes.reduce("ReduceLogSumExp", "logits", 1, "score")
     if method == "mahalanobis":
         cholesky, cross, mean_norms = _mahalanobis_tensors(stats)
-        z = nodes.op("MatMul", [FEATURES, nodes.const("cholesky", cholesky)], "projected")
-        products = nodes.op("MatMul", [z, nodes.const("cross", cross)], "cross_terms")
+        z = nodes.op("MatMul", [FEATURES, nodes.matrix("cholesky", cholesky)], "projected")
+        products = nodes.op("MatMul", [z, nodes.matrix("cross", cross)], "cross_terms")
         norms = nodes.reduce("ReduceSumSquare", z, 1, "projected_norm", keepdims=1)
         partial = nodes.op("Add", [products, norms], "partial")
         distances = nodes.op("Add", [partial, nodes.const("mean_norms", mean_norms)], "distances")
@@ -299,7 +324,7 @@ def _score_tensor(nodes: _Nodes, method: str, stats: ClassStats) -> str:
         norm = nodes.reduce("ReduceL2", FEATURES, 1, "norm", keepdims=1)
         unit = nodes.op("Div", [FEATURES, norm], "unit")
         cosines = nodes.op(
-            "MatMul", [unit, nodes.const("unit_means_t", _unit_means(stats).T.copy())], "cosines"
+            "MatMul", [unit, nodes.matrix("unit_means_t", _unit_means(stats).T.copy())], "cosines"
         )
         return nodes.reduce("ReduceMax", cosines, 1, "score")
     raise ValueError(f"unknown out-of-scope method {method!r}; expected one of {METHODS}")

@@ -112,7 +112,36 @@ def test_mahalanobis_is_the_textbook_distance(sample: tuple[np.ndarray, np.ndarr
         [min((f - m) @ precision @ (f - m) for m in means) for f in features.astype(np.float64)]
     )
     got = oos.method_scores("mahalanobis", np.zeros((len(features), CLASSES)), features, stats)
-    np.testing.assert_allclose(got, direct, rtol=1e-4)
+    np.testing.assert_allclose(got, direct, rtol=2e-3)  # its matrices are stored in float16 (2^-11 relative)
+
+
+STORED = {  # (method, case) -> the score's matrices as the graph stores them
+    ("mahalanobis", "fits"): {
+        "oos/cholesky_fp16": TensorProto.FLOAT16,
+        "oos/cross_fp16": TensorProto.FLOAT16,
+    },
+    ("mahalanobis", "huge"): {"oos/cholesky_fp16": TensorProto.FLOAT16, "oos/cross": TensorProto.FLOAT},
+    ("centroid_cosine", "fits"): {"oos/unit_means_t_fp16": TensorProto.FLOAT16},
+    ("centroid_cosine", "huge"): {"oos/unit_means_t_fp16": TensorProto.FLOAT16},  # unit vectors always fit
+}
+
+
+@pytest.mark.parametrize("method", ["mahalanobis", "centroid_cosine"])
+def test_score_matrices_are_stored_in_float16_unless_out_of_its_range(
+    tmp_path: Path, sample: tuple[np.ndarray, np.ndarray, oos.ClassStats], method: str
+) -> None:
+    logits, features, stats = sample
+    _passthrough_graph(tmp_path / "in.onnx", 17)
+    huge = oos.ClassStats(stats.means * 1e6, stats.cholesky)  # class means x L beyond float16's 65,504
+    for case, case_stats in (("fits", stats), ("huge", huge)):
+        out = tmp_path / f"{case}.onnx"
+        oos.rewrite_graph(tmp_path / "in.onnx", method, case_stats, out)
+        matrices = {i.name: i.data_type for i in onnx.load(str(out)).graph.initializer if len(i.dims) == 2}
+        assert {k: v for k, v in matrices.items() if k != "oos/mean_norms"} == STORED[method, case]
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (got,) = session.run(["oos_score"], {"in_logits": logits, "in_features": features})
+        expected = oos.method_scores(method, logits, features, case_stats)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def _validation(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
