@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from edgepack.bench import contenders as lib
 from edgepack.bench.contenders import bundle_teacher
 from edgepack.bench.floor import gemm_rates, kernel_macs, profile_graph
-from edgepack.bench.measure import SCHEMA, speedup_interval
+from edgepack.bench.measure import SCHEMA, accuracy, speedup_interval
 from edgepack.cli import main
 from edgepack.pipeline import build
 from edgepack.recipe import load_recipe
@@ -326,6 +326,36 @@ def test_the_speedups_interval_keeps_each_rounds_pair_together() -> None:
     noisy = [list(15 * d * rng.uniform(0.9, 1.1, 10)) for d in drift]
     low, high = speedup_interval(noisy, timed)
     assert low < 15 < high and high - low < 1.5
+
+
+def test_labelled_texts_are_scored_one_per_call() -> None:
+    """A dynamic INT8 model's answer in a batch depends on its neighbours: accuracy and a contender's
+    threshold come from single-text calls, as it answers a query."""
+    calls: list[int] = []
+    labels = ["alarm", "weather", "oos"]
+
+    def scored(texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(batch_size)
+        rows = {"set an alarm": [0.7, 0.2, 0.1], "rain today": [0.2, 0.5, 0.3], "who won": [0.3, 0.4, 0.3]}
+        probs = np.array([rows[t] for t in texts])
+        return probs, probs.max(axis=1)
+
+    c = lib.Contender(
+        name="m",
+        kind="optimum",
+        path=Path("m.onnx"),
+        predict=lambda text: "alarm",
+        predict_batch=lambda texts, batch_size: [],
+        scored_batch=scored,
+        size={},
+        labels=labels,
+        oos_label="oos",
+    )
+    pairs = [("set an alarm", "alarm"), ("rain today", "weather"), ("who won", "oos")]
+    result = accuracy(c, pairs, validation=pairs)
+    assert result["argmax_accuracy"] == pytest.approx(2 / 3) and result["tradeoff"] is not None
+    assert lib.validation_threshold(c, pairs) == pytest.approx(0.45)
+    assert calls and set(calls) == {lib.SCORING_BATCH} == {1}
 
 
 def test_summary_percentiles_are_ordered() -> None:

@@ -8,8 +8,8 @@ model. The default block of 10 measures the steady state of an application servi
 chapter's PerformanceBenchmark timed each model's queries back to back) while still interleaving.
 
 Throughput is texts per second through each contender's batch path at `batch_size`. Accuracy is on the labeled
-data, with the contender's out-of-scope threshold and by plain argmax; accuracy against the teacher compares
-like with like. Each bundle's physical floor (edgepack.bench.floor) is its graph's MACs for each latency query
+data, one text per call (each answered as it would be alone: see contenders.SCORING_BATCH), with the contender's
+out-of-scope threshold and by plain argmax; accuracy against the teacher compares like with like. Each bundle's physical floor (edgepack.bench.floor) is its graph's MACs for each latency query
 over this CPU's measured GEMM rates. Latency figures, throughput and accuracy figures are computed by the
 runtime's own functions (edgepack_runtime.bench.summarize and batch_throughput, edgepack_runtime.metrics.scores),
 so `edgepack-run bench` and this report agree on what each figure means.
@@ -79,7 +79,7 @@ from edgepack_runtime.cpu import describe as cpu_description
 from edgepack_runtime.manifest import rejects
 from edgepack_runtime.metrics import scores
 
-from edgepack.bench.contenders import Contender, Log
+from edgepack.bench.contenders import SCORING_BATCH, Contender, Log
 from edgepack.bench.floor import Rates, bundle_floor
 
 SCHEMA = "edgepack.bench/1"
@@ -158,15 +158,12 @@ def throughput(c: Contender, texts: Sequence[str], batch_size: int) -> dict[str,
 
 
 def accuracy(
-    c: Contender,
-    pairs: Sequence[tuple[str, str]],
-    batch_size: int,
-    validation: Sequence[tuple[str, str]] | None = None,
+    c: Contender, pairs: Sequence[tuple[str, str]], validation: Sequence[tuple[str, str]] | None = None
 ) -> dict[str, Any]:
-    """Accuracy as the contender answers (its out-of-scope rule applied) and by plain argmax; with an
-    out-of-scope label, how in-scope accuracy and out-of-scope recall trade as the threshold moves (on these
-    texts and on `validation`)."""
-    probs, oos_scores = c.scored_batch([text for text, _ in pairs], batch_size)
+    """Accuracy as the contender answers (its out-of-scope rule applied) and by plain argmax, one text per call
+    (SCORING_BATCH); with an out-of-scope label, how in-scope accuracy and out-of-scope recall trade as the
+    threshold moves (on these texts and on `validation`)."""
+    probs, oos_scores = c.scored_batch([text for text, _ in pairs], SCORING_BATCH)
     index = {label: i for i, label in enumerate(c.labels)}
     gold = np.array([index.get(label, -1) for _, label in pairs])  # -1: a label the contender does not know
     oos_id = index.get(c.oos_label) if c.oos_label is not None else None
@@ -193,7 +190,7 @@ def accuracy(
         if in_scope.any() and (~in_scope).any():
             curves = {"test": tradeoff(c, probs, oos_scores, gold, oos_id)}
             if validation:
-                v_probs, v_scores = c.scored_batch([text for text, _ in validation], batch_size)
+                v_probs, v_scores = c.scored_batch([text for text, _ in validation], SCORING_BATCH)
                 v_gold = np.array([index.get(label, -1) for _, label in validation])
                 curves["validation"] = tradeoff(c, v_probs, v_scores, v_gold, oos_id)
             result["tradeoff"] = curves
@@ -315,7 +312,7 @@ def run(
         }
         if pairs:
             log(f"accuracy on {len(pairs)} texts: {c.name}")
-            row["accuracy"] = accuracy(c, pairs, batch_size, validation)
+            row["accuracy"] = accuracy(c, pairs, validation)
         if rates is not None and c.kind == "bundle":
             log(f"physical floor: profiling {c.name}'s graph on the latency queries")
             row["floor"] = bundle_floor(c.path, c.manifest, texts, rates, latencies[c.name]["p50_ms"])
