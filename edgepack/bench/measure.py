@@ -9,10 +9,11 @@ chapter's PerformanceBenchmark timed each model's queries back to back) while st
 
 Throughput is texts per second through each contender's batch path at `batch_size`. Accuracy is on the labeled
 data, one text per call (each answered as it would be alone: see contenders.SCORING_BATCH), with the contender's
-out-of-scope threshold and by plain argmax; accuracy against the teacher compares like with like. Each bundle's physical floor (edgepack.bench.floor) is its graph's MACs for each latency query
-over this CPU's measured GEMM rates. Latency figures, throughput and accuracy figures are computed by the
-runtime's own functions (edgepack_runtime.bench.summarize and batch_throughput, edgepack_runtime.metrics.scores),
-so `edgepack-run bench` and this report agree on what each figure means.
+out-of-scope threshold and by plain argmax; accuracy against the teacher compares like with like. Each bundle's
+physical floor (edgepack.bench.floor) is its graph's MACs for each latency query over this CPU's measured GEMM
+rates. Latency figures, throughput and accuracy figures are computed by the runtime's own functions
+(edgepack_runtime.bench.summarize and batch_throughput, edgepack_runtime.metrics.scores), so `edgepack-run bench`
+and this report agree on what each figure means.
 
 JSON report (`--json FILE`), keys:
   schema          "edgepack.bench/1"
