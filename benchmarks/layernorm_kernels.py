@@ -97,7 +97,8 @@ def markdown(rows: list[dict[str, Any]], threads: int, rounds: int, calls: int) 
         "",
         f"`python benchmarks/layernorm_kernels.py --threads {threads}`: one ONNX Runtime session per graph, "
         f"{rounds} alternating rounds of {calls} calls, microseconds per call (median over rounds of each round's "
-        "median); inputs [batch, tokens, hidden] float32. Add + LayerNormalization is what edgepack's graphs run since session 13 "
+        "median); inputs [batch, tokens, hidden] float32. "
+        "Add + LayerNormalization is what edgepack's graphs run since session 13 "
         "(edgepack.optimize), SkipLayerNormalization what ORT's transformer optimizer fuses them into.",
         "",
         "| batch x tokens x hidden | SkipLayerNormalization us | Add + bias Add + LayerNormalization us | "
