@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -205,6 +206,28 @@ def test_static_quantization_with_calibration(
     assert q["op_counts"].get("QuantizeLinear", 0) > 0 and q["op_counts"].get("DequantizeLinear", 0) > 0
     assert q["quantized_matmuls"] >= 2  # the two FFN MatMuls at least run on INT8 weights
     verify_bundle(bundle)
+
+
+def test_a_static_integer_bundle_batches_with_the_answers_of_single_texts(
+    tmp_path: Path, built: Path, tiny_data: Path, tiny_model: Path
+) -> None:
+    cache_root = Path(json.loads((built / "manifest.json").read_text())["recipe"]["cache_dir"]).parent
+    overrides = _tiny_overrides(cache_root, tiny_data, tiny_model) | {
+        "search.trials": 0,
+        "package.output_dir": str(tmp_path),
+        "quantize.mode": "static-integer",
+    }
+    bundle = build(load_recipe("clinc-4l", overrides)).path
+    q = json.loads((bundle / "manifest.json").read_text())["quantization"]
+    assert q["mode"] == "static-integer" and "DynamicQuantizeLinear" not in q["op_counts"]
+    clf = Classifier.load(bundle)
+    with (tiny_data / "test.csv").open(newline="", encoding="utf-8") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    assert clf.batch_invariant and clf.batch_mode.startswith("padded batches")
+    alone = [clf.predict(t) for t in texts]
+    together = clf.predict_batch(texts, batch_size=8)
+    assert [p.label for p in together] == [p.label for p in alone]
+    assert [p.top_k for p in together] == [p.top_k for p in alone]  # the same probabilities, bit for bit
 
 
 def test_a_tampered_manifest_is_refused(tmp_path: Path, built: Path) -> None:

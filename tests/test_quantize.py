@@ -124,3 +124,70 @@ def test_the_embedding_settings_are_recorded_in_the_recipe() -> None:
     settings = load_recipe("clinc-4l", {"quantize.embedding_bits": 4}).quantize
     assert (settings.embedding_bits, settings.embedding_block_size) == (4, 64)
     assert load_recipe("clinc-4l").to_dict()["quantize"]["embedding_bits"] == 8
+
+
+# -- static-integer: dynamic INT8's kernels with calibrated activation scales ----------------------------------
+
+
+def _static_integer() -> QuantizeConfig:
+    return QuantizeConfig(QuantMode.STATIC_INTEGER).for_target("cpu-avx2")
+
+
+def test_static_integer_keeps_the_dynamic_kernels_with_fixed_scales(tmp_path: Path, fused: tuple) -> None:
+    onnx_path, tokenizer, names, splits = fused
+    feeds = quantize.calibration_feeds(tokenizer, splits.texts["train"], MAX_LENGTH, names)
+    dynamic = quantize.quantize_graph(
+        onnx_path, QuantizeConfig().for_target("cpu-avx2"), [], tmp_path / "d.onnx"
+    )
+    fixed = quantize.quantize_graph(onnx_path, _static_integer(), feeds, tmp_path / "f.onnx")
+    counts = fixed["op_counts"]
+    assert "DynamicQuantizeLinear" not in counts
+    assert counts["QuantizeLinear"] == dynamic["op_counts"]["DynamicQuantizeLinear"] > 0
+    for op in ("QAttention", "QEmbedLayerNormalization", "DequantizeLinear"):
+        assert counts.get(op) == dynamic["op_counts"].get(op), op
+    # the chain ORT fuses by itself only after DynamicQuantizeLinear, fused here: MatMulIntegerToFloat
+    assert counts["MatMulIntegerToFloat"] == dynamic["op_counts"]["MatMulInteger"] > 0
+    assert "MatMulInteger" not in counts
+    assert (fixed["mode"], fixed["calibration_method"], fixed["calibration_samples"]) == (
+        "static-integer",
+        "minmax",
+        len(feeds),  # fewer training texts than the 4,096 the preset asks for: all of them
+    )
+
+
+def test_calibrated_on_one_text_static_integer_gives_that_texts_dynamic_answer(
+    tmp_path: Path, fused: tuple
+) -> None:
+    """Over a single text, the fixed scale and zero point are the ones DynamicQuantizeLinear computes for it."""
+    onnx_path, tokenizer, names, splits = fused
+    text, other = splits.texts["validation"][:2]
+    quantize.quantize_graph(onnx_path, QuantizeConfig().for_target("cpu-avx2"), [], tmp_path / "d.onnx")
+    feeds = quantize.calibration_feeds(tokenizer, [text], MAX_LENGTH, names)
+    quantize.quantize_graph(onnx_path, _static_integer(), feeds, tmp_path / "f.onnx")
+
+    def logits(graph: str, texts: list[str]) -> np.ndarray:
+        return graphs.graph_logits(tmp_path / graph, tokenizer, texts, MAX_LENGTH, batch_size=1)
+
+    # The same integers; the float scaling after them runs in another order (ORT fuses the dynamic graph's).
+    np.testing.assert_allclose(logits("f.onnx", [text]), logits("d.onnx", [text]), rtol=0, atol=1e-6)
+    apart = np.abs(logits("f.onnx", [other]) - logits("d.onnx", [other])).max()
+    assert apart > 1e-4, "another text's answer differs: its dynamic scales are its own"
+
+
+def test_a_static_integer_graph_answers_each_text_alike_in_any_batch(tmp_path: Path, fused: tuple) -> None:
+    onnx_path, tokenizer, names, splits = fused
+    texts = [t for split in splits.texts.values() for t in split]
+    feeds = quantize.calibration_feeds(tokenizer, splits.texts["train"], MAX_LENGTH, names)
+    quantize.quantize_graph(onnx_path, QuantizeConfig().for_target("cpu-avx2"), [], tmp_path / "d.onnx")
+    quantize.quantize_graph(onnx_path, _static_integer(), feeds, tmp_path / "f.onnx")
+
+    def logits(graph: str, batch_size: int) -> np.ndarray:
+        return graphs.graph_logits(tmp_path / graph, tokenizer, texts, MAX_LENGTH, batch_size=batch_size)
+
+    assert np.array_equal(logits("f.onnx", 16), logits("f.onnx", 1))  # padded batches of mixed lengths
+    assert not np.array_equal(logits("d.onnx", 16), logits("d.onnx", 1)), (
+        "dynamic INT8 shares a batch's scale"
+    )
+    fp32 = graphs.graph_logits(onnx_path, tokenizer, texts, MAX_LENGTH).argmax(1)
+    assert len(np.unique(fp32)) >= 2, "the model gives one answer for every text: agreement would be trivial"
+    assert (logits("f.onnx", 1).argmax(1) == fp32).mean() >= 0.8

@@ -90,7 +90,7 @@ def test_overrides_reach_nested_values() -> None:
         ({"target": "cpu-sse"}, r"target = 'cpu-sse' is invalid: expected one of"),
         (
             {"quantize.mode": "half"},
-            r"\[quantize\] mode = 'half' is invalid: expected one of \['dynamic', 'static'\]",
+            r"\[quantize\] mode = 'half' is invalid: expected one of \['dynamic', 'static', 'static-integer'\]",
         ),
         ({"search.alpha": [0.9, 0.1]}, r"\[search\] alpha = \[0.9, 0.1\] is invalid"),
         ({"package.name": "../evil"}, r"\[package\] name = '../evil' is invalid"),
@@ -185,6 +185,22 @@ def test_settings_a_quantization_mode_ignores_are_refused() -> None:
     static = load_recipe("clinc-4l", {"quantize.mode": "static", "quantize.calibration_samples": 16}).quantize
     assert (static.calibration_method, static.calibration_samples) == ("minmax", 16)
     assert load_recipe("clinc-4l").quantize.calibration_samples is None, "dynamic INT8 records no calibration"
+
+
+def test_static_integer_calibrates_min_max_for_uint8_kernels() -> None:
+    fixed = load_recipe("clinc-4l", {"quantize.mode": "static-integer"}).quantize
+    assert (fixed.mode, fixed.calibration_method, fixed.calibration_samples) == (
+        "static-integer",
+        "minmax",
+        4096,
+    )
+    assert (fixed.activation_type, fixed.is_calibrated, fixed.is_static) == ("uint8", True, False)
+    with pytest.raises(
+        RecipeError, match=r"calibration_method = 'entropy' is invalid.*mode = \"static\" for"
+    ):
+        load_recipe("clinc-4l", {"quantize.mode": "static-integer", "quantize.calibration_method": "entropy"})
+    with pytest.raises(RecipeError, match=r"activation_type = 'int8' is invalid.*uint8 kernels"):
+        load_recipe("clinc-4l", {"quantize.mode": "static-integer", "quantize.activation_type": "int8"})
 
 
 def test_extends_takes_a_list_merged_in_order(tmp_path: Path) -> None:

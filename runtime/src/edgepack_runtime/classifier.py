@@ -356,7 +356,8 @@ class Classifier:
         """False for graphs with dynamic activation quantization (dynamic INT8): their per-tensor scale is
         computed over the whole batch, so batching would make a text's answer depend on its neighbours.
         predict_batch and predict_proba then run texts one at a time (batch_size is not used), keeping
-        every answer equal to predict(text). Static INT8 and float graphs batch normally."""
+        every answer equal to predict(text). Static INT8 (edgepack's static-integer mode too) and float graphs
+        batch normally."""
         return self._batch_invariant
 
     @property
