@@ -39,8 +39,11 @@ def test_the_default_is_clinc_small_cut_straight_from_the_teacher_to_3_layers() 
     assert {key: default["prune"][key] for key in changed} == changed
     assert (small["prune"]["keep_layers"], small["prune"]["recovery_learning_rate"]) == (2, 1e-4)
     assert _without(default["prune"], changed) == _without(small["prune"], changed)
-    for section in ("teacher", "augment", "quantize", "evaluate"):
+    for section in ("teacher", "augment", "evaluate"):
         assert default[section] == small[section], section
+    fixed = {"mode": "static-integer", "calibration_method": "minmax", "calibration_samples": 4096}
+    assert {key: default["quantize"][key] for key in fixed} == fixed, "since session 16"
+    assert _without(default["quantize"], fixed) == _without(small["quantize"], fixed)
     assert default["package"]["name"] == "clinc-int8"
 
 
