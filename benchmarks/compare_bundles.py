@@ -5,7 +5,7 @@
 
 Latency is measured in rounds by `edgepack bench`'s own interleaving (edgepack.bench.measure.interleaved_times,
 blocks of `--runs` calls): every round times each bundle on the same `--runs` predict calls in a row, in an
-order that rotates from round to round, so drift hits all alike, after 20 warm-up calls each; the figure
+order shuffled from round to round, so drift hits all alike, after 20 warm-up calls each; the figure
 reported is the median of the round medians. Queries are the CLINC150 test split's texts, tokenization included. Accuracy is measured
 here, through the runtime, on the whole test split (the out-of-scope threshold each bundle ships applied).
 Writes benchmarks/results/<section>.json, benchmarks/results/<section>.png and a RESULTS.md section.

@@ -9,7 +9,7 @@ Three ways to answer one query at batch 1, tokenization included:
   pipeline  transformers.pipeline("text-classification") around Optimum's ORTModelForSequenceClassification,
             loaded from a temp folder holding the bundle's model.onnx, a config.json built from labels.json and
             the manifest, and the bundle's tokenizer.json
-Each timed round runs every method once on the same query, in an order that rotates from round to round
+Each timed round runs every method once on the same query, in an order shuffled from round to round
 (`edgepack bench`'s interleaving with blocks of 1: edgepack.bench.measure.interleaved_times).
 Prints a table and writes PREFIX.json and PREFIX.md (a markdown snippet for RESULTS.md).
 Needs the build environment (transformers, optimum); the runtime itself does not.

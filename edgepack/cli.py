@@ -335,7 +335,8 @@ DEFAULT_DATA = Path("..") / "shared" / "data" / "clinc150"
     type=click.IntRange(min=1),
     default=10,
     show_default=True,
-    help="Calls per contender in each interleaved round (1: A B C A B C ..., each call after the others ran).",
+    help="Calls per contender in each interleaved round, in an order shuffled per round (1: each call right "
+    "after other contenders ran).",
 )
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls each."

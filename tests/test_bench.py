@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from edgepack.bench import contenders as lib
 from edgepack.bench.contenders import bundle_teacher
 from edgepack.bench.floor import gemm_rates, kernel_macs, profile_graph
-from edgepack.bench.measure import SCHEMA, accuracy, speedup_interval
+from edgepack.bench.measure import SCHEMA, accuracy, interleaved_times, speedup_interval
 from edgepack.cli import main
 from edgepack.pipeline import build
 from edgepack.recipe import load_recipe
@@ -356,6 +356,7 @@ def test_labelled_texts_are_scored_one_per_call() -> None:
     assert result["argmax_accuracy"] == pytest.approx(2 / 3) and result["tradeoff"] is not None
     assert lib.validation_threshold(c, pairs) == pytest.approx(0.45)
     assert calls and set(calls) == {lib.SCORING_BATCH} == {1}
+    assert len(calls) == 1, "the same texts (here test and validation alike) are scored once"
 
 
 def test_summary_percentiles_are_ordered() -> None:
@@ -507,3 +508,29 @@ print(result.stderr)
     code, message = out.stdout.split("\n", 1)
     assert code == "1" and "Traceback" not in message
     assert message.startswith("Error: edgepack bench needs") and "pip install 'edgepack[bench]'" in message
+
+
+def test_interleaved_rounds_give_every_contender_the_same_queries_behind_varying_predecessors() -> None:
+    """A rotating order kept each contender behind the same one every round, so the one after the biggest model
+    always paid for its cache sweep; the shuffled order does not."""
+    calls_made: list[tuple[str, str]] = []
+    names = ["teacher", "optimum", "first", "second", "third"]
+    calls = {name: (lambda text, name=name: calls_made.append((name, text))) for name in names}
+    texts = [f"query {i}" for i in range(7)]
+    times = interleaved_times(calls, texts, runs=200, warmup=0, block=5)
+    assert all(len(times[name]) == 40 and sum(map(len, times[name])) == 200 for name in names)
+    for r in range(40):  # each round: every contender, the same 5 queries
+        round_calls = calls_made[r * 25 : (r + 1) * 25]
+        assert {name for name, _ in round_calls} == set(names)
+        assert {tuple(text for n, text in round_calls if n == name) for name in names} == {
+            tuple(texts[i % 7] for i in range(r * 5, r * 5 + 5))
+        }
+    order = [
+        name for i, (name, _) in enumerate(calls_made) if i % 5 == 0
+    ]  # one entry per contender and round
+    behind = {name: {order[i - 1] for i in range(1, len(order)) if order[i] == name} for name in names}
+    assert all(len(predecessors) >= 3 for predecessors in behind.values()), behind
+    first_run = list(calls_made)
+    calls_made.clear()
+    interleaved_times(calls, texts, runs=200, warmup=0, block=5)
+    assert calls_made == first_run, "seeded: every run follows the same schedule"

@@ -60,6 +60,15 @@ class Contender:
     manifest: dict[str, Any] = field(default_factory=dict)  # bundles only
     build: dict[str, Any] | None = None  # how the contender's model was made (optimum only)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    scored: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def score_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """scored_batch one text per call (SCORING_BATCH), kept per list of texts: the validation texts serve
+        the threshold and then the trade-off curve (scoring them twice cost the teacher about 25 s a run)."""
+        key = tuple(texts)
+        if key not in self.scored:
+            self.scored[key] = self.scored_batch(list(texts), SCORING_BATCH)
+        return self.scored[key]
 
 
 class InvalidBundle(Exception):
@@ -363,7 +372,7 @@ def validation_threshold(c: Contender, validation: Sequence[tuple[str, str]]) ->
     from edgepack.metrics import choose_threshold
 
     assert c.oos_label is not None
-    probs, _ = c.scored_batch([text for text, _ in validation], SCORING_BATCH)
+    probs, _ = c.score_texts([text for text, _ in validation])
     index = {label: i for i, label in enumerate(c.labels)}
     gold = np.array([index.get(label, -1) for _, label in validation])
     return choose_threshold(probs, gold, index[c.oos_label])[0]

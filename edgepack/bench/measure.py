@@ -1,7 +1,11 @@
 """How `edgepack bench` measures its contenders (edgepack.bench.contenders), and the JSON report it writes.
 
 Latency is measured at batch 1, tokenization included, in interleaved rounds: every round times each contender
-on the same `block` queries in a row, in an order that rotates from round to round, so drift hits all alike.
+on the same `block` queries in a row, in an order shuffled afresh each round (seeded), so drift hits all alike
+and no contender always runs right after the same other one. (A rotation, used until session 16, kept every
+contender behind the same predecessor in every round: the first bundle always followed Optimum's 23 MB model,
+and the same bundle measured 6.7% slower there than at the end of the list; 2% with the shuffle, within the
+run's noise. RESULTS.md, "Session 16".)
 A block of 1 (A B C A B C ...) measures each call right after the other contenders ran, its weights evicted
 from the caches by theirs: a cost of the benchmark, not of serving, and one that falls hardest on the smallest
 model. The default block of 10 measures the steady state of an application serving queries back to back (the
@@ -80,7 +84,7 @@ from edgepack_runtime.cpu import describe as cpu_description
 from edgepack_runtime.manifest import rejects
 from edgepack_runtime.metrics import scores
 
-from edgepack.bench.contenders import SCORING_BATCH, Contender, Log
+from edgepack.bench.contenders import Contender, Log
 from edgepack.bench.floor import Rates, bundle_floor
 
 SCHEMA = "edgepack.bench/1"
@@ -99,19 +103,20 @@ def interleaved_times(
     block: int = 1,
 ) -> dict[str, list[list[float]]]:
     """Milliseconds of `runs` timed batch-1 calls per name, round by round: after `warmup` untimed calls each,
-    every round gives every call the same `block` queries in a row (block 1: A B C A B C ...), the order
-    rotating per round; the queries run on through `texts`, cycled."""
+    every round gives every call the same `block` queries in a row (block 1: A B C B A C ...), in an order
+    shuffled each round (seeded: the same schedule every run); the queries run on through `texts`, cycled."""
     names = list(calls)
     for name in names:
         for text in itertools.islice(itertools.cycle(texts), warmup):
             calls[name](text)
     times: dict[str, list[list[float]]] = {name: [] for name in names}
+    schedule, order = random.Random(0), list(names)
     rounds = -(-runs // block)
     step = max(1, rounds // 4)
     for r in range(rounds):
         queries = [texts[i % len(texts)] for i in range(r * block, min(runs, (r + 1) * block))]
-        shift = r % len(names)
-        for name in [*names[shift:], *names[:shift]]:
+        schedule.shuffle(order)
+        for name in order:
             predict, timed = calls[name], []
             for text in queries:
                 start = time.perf_counter_ns()
@@ -164,7 +169,7 @@ def accuracy(
     """Accuracy as the contender answers (its out-of-scope rule applied) and by plain argmax, one text per call
     (SCORING_BATCH); with an out-of-scope label, how in-scope accuracy and out-of-scope recall trade as the
     threshold moves (on these texts and on `validation`)."""
-    probs, oos_scores = c.scored_batch([text for text, _ in pairs], SCORING_BATCH)
+    probs, oos_scores = c.score_texts([text for text, _ in pairs])
     index = {label: i for i, label in enumerate(c.labels)}
     gold = np.array([index.get(label, -1) for _, label in pairs])  # -1: a label the contender does not know
     oos_id = index.get(c.oos_label) if c.oos_label is not None else None
@@ -191,7 +196,7 @@ def accuracy(
         if in_scope.any() and (~in_scope).any():
             curves = {"test": tradeoff(c, probs, oos_scores, gold, oos_id)}
             if validation:
-                v_probs, v_scores = c.scored_batch([text for text, _ in validation], SCORING_BATCH)
+                v_probs, v_scores = c.score_texts([text for text, _ in validation])
                 v_gold = np.array([index.get(label, -1) for _, label in validation])
                 curves["validation"] = tradeoff(c, v_probs, v_scores, v_gold, oos_id)
             result["tradeoff"] = curves
