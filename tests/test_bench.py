@@ -525,9 +525,8 @@ def test_interleaved_rounds_give_every_contender_the_same_queries_behind_varying
         assert {tuple(text for n, text in round_calls if n == name) for name in names} == {
             tuple(texts[i % 7] for i in range(r * 5, r * 5 + 5))
         }
-    order = [
-        name for i, (name, _) in enumerate(calls_made) if i % 5 == 0
-    ]  # one entry per contender and round
+    # one entry per contender and round, in the order they ran
+    order = [name for i, (name, _) in enumerate(calls_made) if i % 5 == 0]
     behind = {name: {order[i - 1] for i in range(1, len(order)) if order[i] == name} for name in names}
     assert all(len(predecessors) >= 3 for predecessors in behind.values()), behind
     first_run = list(calls_made)

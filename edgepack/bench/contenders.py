@@ -60,15 +60,17 @@ class Contender:
     manifest: dict[str, Any] = field(default_factory=dict)  # bundles only
     build: dict[str, Any] | None = None  # how the contender's model was made (optimum only)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
-    scored: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _scored: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def score_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """scored_batch one text per call (SCORING_BATCH), kept per list of texts: the validation texts serve
         the threshold and then the trade-off curve (scoring them twice cost the teacher about 25 s a run)."""
         key = tuple(texts)
-        if key not in self.scored:
-            self.scored[key] = self.scored_batch(list(texts), SCORING_BATCH)
-        return self.scored[key]
+        if key not in self._scored:
+            self._scored[key] = self.scored_batch(list(texts), SCORING_BATCH)
+        return self._scored[key]
 
 
 class InvalidBundle(Exception):

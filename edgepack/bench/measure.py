@@ -6,7 +6,7 @@ and no contender always runs right after the same other one. (A rotation, used u
 contender behind the same predecessor in every round: the first bundle always followed Optimum's 23 MB model,
 and the same bundle measured 6.7% slower there than at the end of the list; 2% with the shuffle, within the
 run's noise. RESULTS.md, "Session 16".)
-A block of 1 (A B C A B C ...) measures each call right after the other contenders ran, its weights evicted
+A block of 1 (one call each per round) measures each call right after other contenders ran, its weights evicted
 from the caches by theirs: a cost of the benchmark, not of serving, and one that falls hardest on the smallest
 model. The default block of 10 measures the steady state of an application serving queries back to back (the
 chapter's PerformanceBenchmark timed each model's queries back to back) while still interleaving.
