@@ -169,7 +169,7 @@ def quantize_graph(
         )
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True}
     fp32_bytes = onnx_path.stat().st_size
-    feeds: list[dict[str, np.ndarray]] = []
+    feeds = calibration_feeds[: settings.calibration_samples] if settings.is_calibrated else []
     excluded: list[str] = []
     if settings.embedding_bits == 4:  # the word Gather stays fp32 through INT8, then goes 4-bit
         onnx_path, word = unfuse_embeddings(onnx_path, out.with_name(f"{out.stem}-unfused.onnx"))
@@ -190,7 +190,6 @@ def quantize_graph(
         shaped = out.with_name(f"{out.stem}-shaped.onnx")
         quant_pre_process(str(onnx_path), str(shaped), skip_optimization=True, skip_symbolic_shape=False)
         onnx_path = shaped
-        feeds = calibration_feeds[: settings.calibration_samples]
         method = {
             "minmax": q.CalibrationMethod.MinMax,
             "entropy": q.CalibrationMethod.Entropy,
@@ -215,7 +214,6 @@ def quantize_graph(
         quantize_word_embedding(out, excluded[0], settings.embedding_block_size)
         log.info("quantize: word embeddings in 4-bit blocks of %d", settings.embedding_block_size)
     if settings.mode is QuantMode.STATIC_INTEGER:
-        feeds = calibration_feeds[: settings.calibration_samples]
         fix_activation_scales(out, feeds)
     counts, int8_matmuls = graph_structure(out)
     record = asdict(settings) | {
