@@ -252,6 +252,8 @@ def fix_activation_scales(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -
         raise ValueError("fix_activation_scales needs at least one calibration feed")
     model = onnx.load(str(onnx_path))
     dynamic = {id(n): n for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"}
+    if not dynamic:  # nothing was quantized (quantize_graph warns): no scale to fix
+        return 0
     lowest, highest = _ranges(model, [n.input[0] for n in dynamic.values()], feeds)
     qmin, qmax = get_qmin_qmax_for_qType(onnx.TensorProto.UINT8)
     rewritten = []

@@ -191,3 +191,18 @@ def test_a_static_integer_graph_answers_each_text_alike_in_any_batch(tmp_path: P
     fp32 = graphs.graph_logits(onnx_path, tokenizer, texts, MAX_LENGTH).argmax(1)
     assert len(np.unique(fp32)) >= 2, "the model gives one answer for every text: agreement would be trivial"
     assert (logits("f.onnx", 1).argmax(1) == fp32).mean() >= 0.8
+
+
+def test_a_graph_without_dynamic_quantization_is_left_as_it_is(tmp_path: Path) -> None:
+    """static-integer on a graph ONNX Runtime quantized nothing in: no scale to fix, no probe to run."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "plain", [x], [y])
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    before = path.read_bytes()
+    assert quantize.fix_activation_scales(path, [{"x": np.ones((1, 4), np.float32)}]) == 0
+    assert path.read_bytes() == before
