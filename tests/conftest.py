@@ -4,7 +4,9 @@ out-of-scope class, so the whole pipeline runs in seconds with real torch, ONNX 
 from __future__ import annotations
 
 import csv
+import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,16 +113,44 @@ _ROBERTA_SPECIAL = {
 }
 
 
-def _wordpiece() -> Any:
-    """BERT's and DistilBERT's tokenizer kind: lowercasing WordPiece with [CLS] ... [SEP]."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def _words(normalizer: Any, pre_tokenizer: Any) -> list[tuple[str, int]]:
+    """CORPUS's words as `pre_tokenizer` splits them after `normalizer`, with their counts, most frequent first
+    (ties by spelling)."""
+    counts = Counter(
+        word
+        for text in CORPUS
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text) if normalizer else text)
+    )
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
+
+# The WordPiece and unigram vocabularies are built here rather than by tokenizers' trainers: those break ties
+# in a different order in every process (a Rust HashMap), so each test run had other token ids, and the tiny
+# models trained on them now and then collapsed to one intent. Byte-level BPE's trainer gives the same
+# vocabulary every time.
+def _wordpiece() -> Any:
+    """BERT's and DistilBERT's tokenizer kind: lowercasing WordPiece with [CLS] ... [SEP]; its 300 pieces the
+    special tokens, every character alone and as a continuation (##c), every whole word, then the most frequent
+    word starts and continuations of 2-4 characters."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = _words(normalizer, pre_tokenizer)
+    chars = sorted({c for word, _ in words for c in word})
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    pieces += [word for word, _ in words if word not in pieces]
+    parts = Counter(
+        word[i:j] if i == 0 else f"##{word[i:j]}"
+        for word, count in words
+        for i in range(len(word))
+        for j in range(i + 2, min(i + 4, len(word)) + 1)
+        for _ in range(count)
+    )
+    known = set(pieces)
+    ranked = sorted((part for part in parts if part not in known), key=lambda part: (-parts[part], part))
+    pieces += ranked[: max(0, 300 - len(pieces))]
+    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -147,16 +177,21 @@ def _byte_level_bpe() -> Any:
 
 
 def _unigram() -> Any:
-    """XLM-R's tokenizer kind: a SentencePiece-style unigram model (Metaspace) with <s> ... </s>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """XLM-R's tokenizer kind: a SentencePiece-style unigram model (Metaspace) with <s> ... </s>; its pieces
+    every whole word (with its leading ▁) and every character, scored by their log frequency."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=200, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk_token="<unk>"
-    )
-    tok.train_from_iterator(CORPUS, trainer)
+    pre_tokenizer = pre_tokenizers.Metaspace()
+    words = _words(None, pre_tokenizer)
+    total = sum(count for _, count in words)
+    chars = Counter(c for word, count in words for c in word for _ in range(count))
+    pieces = [(word, math.log(count / total)) for word, count in words]
+    pieces += [
+        (c, math.log(count / total) - 5.0) for c, count in sorted(chars.items()) if c not in dict(pieces)
+    ]
+    special = [(token, 0.0) for token in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]
+    tok = Tokenizer(models.Unigram(special + pieces, unk_id=3))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizer, decoders.Metaspace()
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )
