@@ -281,22 +281,29 @@ class Classifier:
             return probs, None, blank
         return probs, scores if self._oos.output is not None else probs.max(axis=1), blank
 
-    def _prediction(self, probs: np.ndarray, oos_score: float | None, top_k: int, blank: bool) -> Prediction:
-        """The answer for one text; a text with nothing to classify (blank) is out of scope when the bundle
-        has an out-of-scope label, whatever the model says about its special tokens alone."""
-        best = np.argsort(-probs, kind="stable")[:top_k].tolist()
-        listed = probs.tolist()
-        ranked = [(self._labels[i], listed[i]) for i in best]
-        label, score = ranked[0]
-        if self._oos is not None and (blank or self._oos.rejects(oos_score)):
-            return Prediction(self._oos.label, score, ranked, rejected=True, oos_score=oos_score)
-        return Prediction(label, score, ranked, oos_score=oos_score)
+    def _predictions(
+        self, probs: np.ndarray, oos_scores: list[float | None], top_k: int, blank: list[bool]
+    ) -> list[Prediction]:
+        """The answers for rows of probabilities, ranked in one call for the whole batch. A text with nothing
+        to classify (blank) is out of scope when the bundle has an out-of-scope label, whatever the model says
+        about its special tokens alone."""
+        best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        scores = np.take_along_axis(probs, best, axis=1).tolist()
+        answers = []
+        for ids, top, oos_score, empty in zip(best.tolist(), scores, oos_scores, blank, strict=True):
+            ranked = [(self._labels[i], score) for i, score in zip(ids, top, strict=True)]
+            label, score = ranked[0]
+            if self._oos is not None and (empty or self._oos.rejects(oos_score)):
+                answers.append(Prediction(self._oos.label, score, ranked, rejected=True, oos_score=oos_score))
+            else:
+                answers.append(Prediction(label, score, ranked, oos_score=oos_score))
+        return answers
 
     def predict(self, text: str, top_k: int = 3) -> Prediction:
         """Classify one text (see textguard for what happens to empty, huge or odd texts)."""
         _positive_int(top_k, "top_k")
         probs, scores, blank = self._probabilities([clean_text(text, self._max_chars, "predict()")], 1)
-        return self._prediction(probs[0], None if scores is None else float(scores[0]), top_k, blank[0])
+        return self._predictions(probs, [None if scores is None else float(scores[0])], top_k, blank)[0]
 
     def predict_batch(self, texts: Iterable[str], batch_size: int = 32, top_k: int = 3) -> list[Prediction]:
         """Classify many texts, `batch_size` at a time; same answers as `predict` one by one, in order."""
@@ -305,7 +312,7 @@ class Classifier:
         cleaned = clean_texts(texts, self._max_chars, "predict_batch")
         probs, scores, blank = self._probabilities(cleaned, batch_size)
         oos_scores: list[float | None] = [None] * len(probs) if scores is None else scores.tolist()
-        return [self._prediction(p, o, top_k, b) for p, o, b in zip(probs, oos_scores, blank, strict=True)]
+        return self._predictions(probs, oos_scores, top_k, blank)
 
     def predict_proba(self, texts: Iterable[str], batch_size: int = 32) -> np.ndarray:
         """Softmax probabilities, float32 [len(texts), num_labels]; no out-of-scope threshold applied."""
