@@ -28,7 +28,7 @@ from edgepack import models
 from edgepack.cache import Cache, cache_key, hash_file
 from edgepack.data import DataError, LabelledSplits
 from edgepack.recipe import AugmentConfig
-from edgepack.training import TeacherResult, TransferSet, predict_logits
+from edgepack.training import TeacherResult, TransferSet, teacher_logits
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def run(teacher: TeacherResult, config: AugmentConfig, max_length: int, cache: C
     """The transfer text and the teacher's logits on it (cached), or None when `[augment]` is off."""
     if not config.enabled:
         return None
-    parts = (teacher.record["cache_key"], _made_by(config), _unlabelled_fingerprint(config), max_length)
+    parts = (teacher.key, _made_by(config), _unlabelled_fingerprint(config), max_length)
     key = cache_key(*parts, CACHE_FORMAT)
     folder = cache.folder("transfer", key)
     with cache.claim(folder) as fresh:
@@ -150,8 +150,7 @@ def _make(teacher: TeacherResult, config: AugmentConfig, max_length: int, key: s
         unlabelled = [t for t in read_unlabelled(Path(config.unlabelled)) if t not in known]
     texts = copies + unlabelled
     log.info("augment: the teacher labels %d augmented and %d unlabelled texts", len(copies), len(unlabelled))
-    model = models.load_classifier(teacher.model_dir)
-    logits = predict_logits(model, tokenizer, texts, max_length, desc="teacher logits (transfer)")
+    logits = teacher_logits(teacher, texts, max_length, desc="teacher logits (transfer)")
     record: dict[str, Any] = {
         "augmented": len(copies),
         "unlabelled": len(unlabelled),

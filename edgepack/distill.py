@@ -265,7 +265,7 @@ def _study_inputs(teacher: TeacherResult, config: DistillConfig, search: SearchC
     """What a trial's score depends on besides its sampled settings: every worker of a study must share it."""
     space = {k: getattr(search, k) for k in ("alpha", "temperature", "epochs", "learning_rate", "pruner")}
     return {
-        "data and teacher settings": teacher.record["cache_key"],
+        "data and teacher settings": teacher.key,
         _WEIGHTS: hash_folder(teacher.model_dir),  # teachers fine-tuned on two machines differ
         "[distill] settings": cache_key(_key_settings(config)),
         "[search] space": cache_key(space, search.train_fraction, search.seed),
@@ -297,7 +297,7 @@ def run(
     config = resolve_layers(config, teacher.model_dir)  # "auto" is keyed, trained and recorded as its list
     searched = asdict(search)
     del searched["heartbeat_seconds"]  # how workers keep in touch, not what they learn: out of the key
-    parts: list[Any] = [teacher.record["cache_key"], _key_settings(config), searched, max_length]
+    parts: list[Any] = [teacher.key, _key_settings(config), searched, max_length]
     if transfer is not None:  # appended only when used, so students made without it keep their keys
         parts.append(transfer.record["cache_key"])
     key = cache_key(*parts)
@@ -329,7 +329,7 @@ def _teacher_itself(teacher: TeacherResult, config: DistillConfig) -> DistillRes
         "parameters": teacher.record.get("parameters"),
         "teacher_parameters": teacher.record.get("parameters"),
         "settings": asdict(config),  # what a prune stage's recovery would train with
-        "cache_key": teacher.record["cache_key"],  # the model is the cached teacher's
+        "cache_key": teacher.key,  # the model is the cached teacher's; its logits, an ensemble's
         "cached": teacher.record.get("cached", False),
     }
     return DistillResult(teacher.model_dir, config, record)

@@ -99,6 +99,9 @@ def _lengths(recipe: Recipe, splits: data.LabelledSplits) -> tuple[list[str], st
         )
         if sliced:  # the teacher stage refuses layers on a head it would use as it is
             teacher += f'; fine-tuned{sliced} (layers need fine_tune = "always" with a matching head)'
+    if recipe.teacher.ensemble_seeds:
+        seeds = [recipe.teacher.seed, *recipe.teacher.ensemble_seeds]
+        teacher += f"; an ensemble: one teacher per seed {seeds}, their probabilities averaged"
     return lines, teacher
 
 

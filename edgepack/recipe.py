@@ -137,9 +137,17 @@ class TeacherConfig:
     # of indices, or "auto" (auto_layers of its depth, as [distill] layers = "auto"). Needs fine-tuning: a
     # checkpoint whose head is used as it is keeps all its layers.
     layers: list[int] | str | None = None
+    # More teachers, fine-tuned by this same recipe with these seeds (each cached as a single teacher): the
+    # students learn from the log of all the teachers' mean probabilities. The student is still cut from, and
+    # its hidden states matched to, the first teacher (seed). Each member costs one more fine-tuning.
+    ensemble_seeds: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check(self.fine_tune in FINE_TUNE, "teacher", "fine_tune", self.fine_tune, '"auto" or "always"')
+        seeds = self.ensemble_seeds
+        ok = all(type(s) is int for s in seeds) and len(set(seeds)) == len(seeds) and self.seed not in seeds
+        expected = f"a list of distinct integer seeds other than seed ({self.seed}), or [] for one teacher"
+        check(ok, "teacher", "ensemble_seeds", seeds, expected)
         if self.layers is not None:
             expected = (
                 f'a non-empty list of distinct layer indices of the model, "{AUTO_LAYERS}" (about two thirds of '

@@ -28,6 +28,7 @@ from edgepack.recipe import AUTO_LAYERS, AUTO_LAYERS_RULE, TeacherConfig, kept_l
 from edgepack.training import (
     PadCollator,
     TeacherResult,
+    mean_log_probs,
     predict_logits,
     seeded,
     tokenized_dataset,
@@ -45,7 +46,14 @@ def _key_settings(config: TeacherConfig) -> dict[str, Any]:
     """The fine-tuning settings in the cache key; keys added later are left out at their defaults, so
     teachers cached before they existed keep their keys."""
     return key_settings(
-        config, {"fine_tune": "auto", "label_map": None, "layers": None, "group_by_length": False}
+        config,
+        {
+            "fine_tune": "auto",
+            "label_map": None,
+            "layers": None,
+            "group_by_length": False,
+            "ensemble_seeds": [],
+        },
     )
 
 
@@ -200,6 +208,42 @@ def _fine_tune(
 
 
 def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: Cache) -> TeacherResult:
+    """The fine-tuned teacher (cached), or with `ensemble_seeds` the ensemble of it and one more per seed."""
+    first = _one(splits, replace(config, ensemble_seeds=[]), max_length, cache)
+    if not config.ensemble_seeds:
+        return first
+    if not first.record["fine_tuned_here"]:
+        raise RecipeError(
+            f"[teacher] ensemble_seeds = {config.ensemble_seeds}: {config.model} has a head for these labels and is "
+            'used as it is, so every member would be the same model. Set fine_tune = "always" to fine-tune one '
+            "teacher per seed, or unset ensemble_seeds."
+        )
+    others = [
+        _one(splits, replace(config, seed=s, ensemble_seeds=[]), max_length, cache)
+        for s in config.ensemble_seeds
+    ]
+    return _ensemble([first, *others], [config.seed, *config.ensemble_seeds])
+
+
+def _ensemble(members: list[TeacherResult], seeds: list[int]) -> TeacherResult:
+    """One teacher whose logits are the members' mean_log_probs; its model is the first member's."""
+    first = members[0]
+    logits = {s: mean_log_probs([m.logits[s] for m in members]) for s in first.logits}
+    ensemble = {
+        "cache_key": cache_key([m.record["cache_key"] for m in members]),  # what later stages' keys follow
+        "members": [
+            {"seed": seed, "cache_key": m.record["cache_key"], "metrics": m.record["metrics"]}
+            for seed, m in zip(seeds, members, strict=True)
+        ],
+    }
+    record = first.record | {"ensemble": ensemble}  # cache_key stays the first's: the folder of model_dir
+    members_dirs = tuple(m.model_dir for m in members)
+    return TeacherResult(
+        first.model_dir, first.splits, logits, _with_metrics(record, logits, first.splits), members_dirs
+    )
+
+
+def _one(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: Cache) -> TeacherResult:
     base_dir = models.resolve_model(config.model)
     head = _head(base_dir, splits, config)  # refuses a head for other labels before any training
     config, sliced = _slice(base_dir, config, head)  # refuses bad [teacher] layers before any training

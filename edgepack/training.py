@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from edgepack import metrics
+from edgepack import metrics, models
 from edgepack.data import LabelledSplits
 from edgepack.recipe import DistillConfig
 
@@ -40,6 +40,14 @@ class TeacherResult:
     splits: LabelledSplits  # labels in the teacher's own order
     logits: dict[str, np.ndarray]  # per split
     record: dict[str, Any]
+    # An ensemble's teachers (model_dir first): their logits are mean_log_probs of theirs. Empty: model_dir alone.
+    members: tuple[Path, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """What later stages' cache keys follow: the teacher's cache key (its folder's), or its ensemble's."""
+        ensemble = self.record.get("ensemble")
+        return str(ensemble["cache_key"] if ensemble else self.record["cache_key"])
 
 
 @dataclass
@@ -195,6 +203,23 @@ def predict_logits(
         )
         out[idx] = model(**batch).logits.float().numpy()
     return out
+
+
+def mean_log_probs(logits: Sequence[np.ndarray]) -> np.ndarray:
+    """An ensemble's logits: the log of its members' mean softmax probabilities (float32, like each member's)."""
+    probs = np.mean([metrics.softmax(np.asarray(x, dtype=np.float64)) for x in logits], axis=0)
+    return np.log(probs).astype(np.float32)
+
+
+def teacher_logits(teacher: TeacherResult, texts: Sequence[str], max_length: int, desc: str) -> np.ndarray:
+    """The teacher's logits on new texts: its model's, or, for an ensemble, mean_log_probs of every member's."""
+    tokenizer = models.load_tokenizer(teacher.model_dir)  # the members share it (one base model, one recipe)
+    members = teacher.members or (teacher.model_dir,)
+    each = []
+    for i, folder in enumerate(members):
+        shown = desc if len(members) == 1 else f"{desc}, teacher {i + 1} of {len(members)}"
+        each.append(predict_logits(models.load_classifier(folder), tokenizer, texts, max_length, desc=shown))
+    return each[0] if len(each) == 1 else mean_log_probs(each)
 
 
 class DistillationTrainer(Trainer):

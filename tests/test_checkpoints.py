@@ -192,16 +192,17 @@ def test_label_map_mistakes_are_refused(
 
 
 def test_default_teacher_settings_keep_their_cache_key() -> None:
-    """Teachers cached before fine_tune, label_map, layers and group_by_length existed keep their keys: all four
-    are left out at their defaults."""
+    """Teachers cached before fine_tune, label_map, layers, group_by_length and ensemble_seeds existed keep their
+    keys: all five are left out at their defaults (an ensemble's members are keyed as single teachers)."""
     before = {"model", "epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "seed"}
     assert set(teacher._key_settings(TeacherConfig())) == before
     assert set(teacher._key_settings(load_recipe("clinc-4l").teacher)) == before
     assert teacher._key_settings(TeacherConfig(fine_tune="always"))["fine_tune"] == "always"
     assert teacher._key_settings(TeacherConfig(layers=[0, 2]))["layers"] == [0, 2]
     assert teacher._key_settings(TeacherConfig(group_by_length=True))["group_by_length"] is True
-    assert set(asdict(TeacherConfig())) == before | {"fine_tune", "label_map", "layers", "group_by_length"}
-    # The clinc teacher's settings key, as it was before any of the four existed:
+    later = {"fine_tune", "label_map", "layers", "group_by_length", "ensemble_seeds"}
+    assert set(asdict(TeacherConfig())) == before | later
+    # The clinc teacher's settings key, as it was before any of the five existed:
     assert cache_key(teacher._key_settings(load_recipe("clinc-4l").teacher)) == "6c8095d712f44804"
 
 

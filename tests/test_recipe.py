@@ -17,6 +17,7 @@ from edgepack.targets import TARGETS, QuantizeConfig, QuantMode
         "clinc-4l",
         "clinc-quick",
         "clinc-bert",
+        "clinc-ensemble",
         "clinc-pruned",
         "clinc-small",
         "clinc-tiny",
@@ -104,6 +105,15 @@ def test_overrides_reach_nested_values() -> None:
         ({"teacher.layers": [1, 1]}, r"\[teacher\] layers = \[1, 1\] is invalid: expected .*distinct"),
         ({"teacher.layers": [-1]}, r"\[teacher\] layers = \[-1\] is invalid"),
         ({"teacher.layers": "half"}, r"\[teacher\] layers = 'half' is invalid: expected .*\"auto\""),
+        ({"teacher.ensemble_seeds": [42]}, r"ensemble_seeds = \[42\] is invalid: .*other than seed \(42\)"),
+        (
+            {"teacher.ensemble_seeds": [7, 7]},
+            r"ensemble_seeds = \[7, 7\] is invalid: expected a list of distinct",
+        ),
+        (
+            {"teacher.ensemble_seeds": [True]},
+            r"ensemble_seeds = \[True\] has the wrong type: expected list\[int\]",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_value(overrides: dict, message: str) -> None:
@@ -114,7 +124,7 @@ def test_bad_values_name_the_key_and_value(overrides: dict, message: str) -> Non
 def test_unknown_recipe_lists_the_shipped_ones() -> None:
     with pytest.raises(
         RecipeError,
-        match="Unknown recipe 'nope': use one of clinc, clinc-2l, clinc-4l, clinc-bert, clinc-pruned, clinc-quick, clinc-small, clinc-tiny",
+        match="Unknown recipe 'nope': use one of clinc, clinc-2l, clinc-4l, clinc-bert, clinc-ensemble, clinc-pruned, clinc-quick, clinc-small, clinc-tiny",
     ):
         recipe_path("nope")
 

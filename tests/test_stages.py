@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from edgepack_runtime.data import DataError
 
-from edgepack import export, models, optimize, teacher
+from edgepack import export, metrics, models, optimize, teacher
 from edgepack.cache import Cache
 from edgepack.data import load_splits
-from edgepack.errors import StageError
+from edgepack.errors import RecipeError, StageError
 from edgepack.recipe import DataConfig, ExportConfig, OptimizeConfig, TeacherConfig
+from edgepack.training import mean_log_probs, predict_logits, teacher_logits
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,39 @@ def test_a_teacher_with_other_labels_is_refused(tmp_path: Path, tiny_data: Path,
     splits = load_splits(DataConfig(source=str(tiny_data)))
     with pytest.raises(DataError, match=r"teacher's labels do not cover.*\['balance', 'oos', 'transfer'\]"):
         teacher.run(splits, TeacherConfig(model=str(folder)), 32, Cache(tmp_path / "cache"))
+
+
+def test_an_ensemble_teacher_learns_from_its_members_mean_probabilities(
+    tmp_path: Path, tiny_data: Path, tiny_model: Path
+) -> None:
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    cache, settings = Cache(tmp_path), {"model": str(tiny_model), "epochs": 1, "learning_rate": 1e-3}
+    one = teacher.run(splits, TeacherConfig(**settings), 32, cache)
+    other = teacher.run(splits, TeacherConfig(**settings, seed=7), 32, cache)
+    both = teacher.run(splits, TeacherConfig(**settings, ensemble_seeds=[7]), 32, cache)
+    assert not np.allclose(one.logits["test"], other.logits["test"])  # two seeds, two teachers
+    # The members are the single teachers, from the cache; the student is made from the first.
+    assert both.members == (one.model_dir, other.model_dir) and both.model_dir == one.model_dir
+    assert both.record["cached"] and both.record["cache_key"] == one.record["cache_key"] == one.key
+    assert both.key != one.key  # what the later stages' cache keys follow: their logits differ
+    assert [m["seed"] for m in both.record["ensemble"]["members"]] == [42, 7]
+    for split in splits.texts:
+        mean = (metrics.softmax(one.logits[split]) + metrics.softmax(other.logits[split])) / 2
+        np.testing.assert_allclose(metrics.softmax(both.logits[split]), mean, rtol=1e-5, atol=1e-7)
+    assert both.record["metrics"] == metrics.split_report(both.logits, splits.label_ids, splits.oos_id())
+    # New text (the augment stage's) gets the ensemble's logits too.
+    texts, tokenizer = ["book a table for two", "alarm please"], models.load_tokenizer(one.model_dir)
+    each = [predict_logits(models.load_classifier(m), tokenizer, texts, 32) for m in both.members]
+    np.testing.assert_allclose(teacher_logits(both, texts, 32, "t"), mean_log_probs(each), rtol=1e-5)
+    np.testing.assert_array_equal(teacher_logits(one, texts, 32, "t"), each[0])
+
+
+def test_an_ensemble_of_a_teacher_used_as_it_is_is_refused(
+    tmp_path: Path, tiny_data: Path, finetuned: Path
+) -> None:
+    splits = load_splits(DataConfig(source=str(tiny_data)))
+    with pytest.raises(RecipeError, match=r"ensemble_seeds = \[7\].*used as it is.*fine_tune = \"always\""):
+        teacher.run(splits, TeacherConfig(model=str(finetuned), ensemble_seeds=[7]), 32, Cache(tmp_path))
 
 
 def test_parity_failure_stops_the_build(tmp_path: Path, finetuned: Path) -> None:
