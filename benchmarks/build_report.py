@@ -30,6 +30,15 @@ def _oos_line(manifest: dict[str, Any]) -> str:
     return f"Out-of-scope rule shipped in the bundle: {how}, threshold {rule['threshold']:.4g}. "
 
 
+def _ensemble(teacher: dict[str, Any]) -> str:
+    """For a build distilled from several teachers: who they were and each one's test accuracy."""
+    ensemble = teacher.get("ensemble")
+    if not ensemble:
+        return ""
+    each = ", ".join(f"seed {m['seed']} {m['metrics']['test']['accuracy']:.4f}" for m in ensemble["members"])
+    return f"; the student learnt from the mean probabilities of {len(ensemble['members'])} teachers ({each} plain)"
+
+
 def _row(name: str, m: dict, size: str) -> str:
     plain, thr = m["test"], m.get("test_thresholded", {})
     cells = [
@@ -86,7 +95,9 @@ def render(manifest: dict, bundle: Path) -> str:
         "| " + " | ".join(f"{v:.0f}" for v in manifest["build_seconds"].values()) + " |",
         "",
         f"Teacher: `{teacher['model']}`, fine-tuned here: {teacher['fine_tuned_here']}, "
-        f"cached this build: {teacher.get('cached')} (its training took {teacher['train_seconds']:.0f} s when it ran).",
+        f"cached this build: {teacher.get('cached')} (its training took {teacher['train_seconds']:.0f} s when it ran)"
+        + _ensemble(teacher)
+        + ".",
         f"Student: teacher layers {d.get('layers')}, {d['parameters']:,} parameters "
         f"(teacher {teacher['parameters']:,}); final settings {json.dumps(d['settings'])}.",
     ]

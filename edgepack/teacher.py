@@ -6,6 +6,10 @@ embeddings and the head as they are): the teacher is that slice, fine-tuned dire
 The cache key covers the base model's bytes, the data, the labels and the fine-tuning settings, so a second
 build with the same inputs reuses both the fine-tuned model and the logits (no teacher forward pass per
 student step: the distillation reads the cached training-set logits).
+
+With `[teacher] ensemble_seeds`, one more teacher is fine-tuned (and cached as a single teacher) per seed, and
+the stage's logits, on every split and on any text a later stage asks for (training.teacher_logits), are the
+log of the teachers' mean probabilities; the model the student is made from stays the first teacher.
 """
 
 from __future__ import annotations
@@ -209,7 +213,7 @@ def _fine_tune(
 
 def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: Cache) -> TeacherResult:
     """The fine-tuned teacher (cached), or with `ensemble_seeds` the ensemble of it and one more per seed."""
-    first = _one(splits, replace(config, ensemble_seeds=[]), max_length, cache)
+    first = _single(splits, replace(config, ensemble_seeds=[]), max_length, cache)
     if not config.ensemble_seeds:
         return first
     if not first.record["fine_tuned_here"]:
@@ -219,7 +223,7 @@ def run(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: C
             "teacher per seed, or unset ensemble_seeds."
         )
     others = [
-        _one(splits, replace(config, seed=s, ensemble_seeds=[]), max_length, cache)
+        _single(splits, replace(config, seed=s, ensemble_seeds=[]), max_length, cache)
         for s in config.ensemble_seeds
     ]
     return _ensemble([first, *others], [config.seed, *config.ensemble_seeds])
@@ -243,7 +247,8 @@ def _ensemble(members: list[TeacherResult], seeds: list[int]) -> TeacherResult:
     )
 
 
-def _one(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: Cache) -> TeacherResult:
+def _single(splits: LabelledSplits, config: TeacherConfig, max_length: int, cache: Cache) -> TeacherResult:
+    """One fine-tuned teacher, from the cache when it holds it."""
     base_dir = models.resolve_model(config.model)
     head = _head(base_dir, splits, config)  # refuses a head for other labels before any training
     config, sliced = _slice(base_dir, config, head)  # refuses bad [teacher] layers before any training

@@ -87,7 +87,10 @@ def _bundle_teacher(bundle: Path) -> str | None:
     """The bundle's own teacher when its build's cache still holds it, saying which on stderr; else None."""
     folder, ready = bundle_teacher(bundle)
     if ready:
-        _say(f"comparing with the bundle's teacher at {folder} (--no-teacher to skip it)")
+        teacher = read_manifest(bundle).get("teacher")
+        ensemble = teacher.get("ensemble") if isinstance(teacher, dict) else None
+        which = f", the first of the {len(ensemble['members'])} teachers it learnt from" if ensemble else ""
+        _say(f"comparing with the bundle's teacher at {folder}{which} (--no-teacher to skip it)")
         return str(folder)
     if folder is not None:
         _say(f"no teacher to compare with: the bundle's is not at {folder} any more (pass --teacher)")
