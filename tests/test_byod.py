@@ -191,9 +191,13 @@ def test_dry_run_summarises_and_writes_nothing(intents: Path, tiny_model: Path, 
     single.write_text("".join(json.dumps({"q": t, "y": label}) + "\n" for t, label in rows), encoding="utf-8")
     out = tmp_path / "out"
     args = ["--data", str(single), "--text-column", "q", "--label-column", "y", "--teacher", str(tiny_model)]
-    result = _build(*args, "--out", str(out), "--set", f'cache_dir="{tmp_path / "cache"}"', "--dry-run")
+    ensemble = ["--set", "teacher.ensemble_seeds=[7]"]
+    result = _build(
+        *args, "--out", str(out), "--set", f'cache_dir="{tmp_path / "cache"}"', *ensemble, "--dry-run"
+    )
     assert result.exit_code == 0, result.output
     text = result.stdout
+    assert "an ensemble: one teacher per seed [42, 7], their probabilities averaged" in text
     assert (
         "# Resolved recipe (generic)" in text
         and 'name = "all-int8"' in text
