@@ -186,9 +186,9 @@ def _unigram() -> Any:
     total = sum(count for _, count in words)
     chars = Counter(c for word, count in words for c in word for _ in range(count))
     pieces = [(word, math.log(count / total)) for word, count in words]
-    pieces += [
-        (c, math.log(count / total) - 5.0) for c, count in sorted(chars.items()) if c not in dict(pieces)
-    ]
+    # Characters score far below any word, so a known word stays one piece.
+    known = {word for word, _ in words}
+    pieces += [(c, math.log(count / total) - 5.0) for c, count in sorted(chars.items()) if c not in known]
     special = [(token, 0.0) for token in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]
     tok = Tokenizer(models.Unigram(special + pieces, unk_id=3))
     tok.pre_tokenizer, tok.decoder = pre_tokenizer, decoders.Metaspace()
