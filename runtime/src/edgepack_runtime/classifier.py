@@ -282,15 +282,16 @@ class Classifier:
         return probs, scores if self._oos.output is not None else probs.max(axis=1), blank
 
     def _predictions(
-        self, probs: np.ndarray, oos_scores: list[float | None], top_k: int, blank: list[bool]
+        self, probs: np.ndarray, scores: np.ndarray | None, top_k: int, blank: list[bool]
     ) -> list[Prediction]:
-        """The answers for rows of probabilities, ranked in one call for the whole batch. A text with nothing
-        to classify (blank) is out of scope when the bundle has an out-of-scope label, whatever the model says
-        about its special tokens alone."""
+        """The answers for rows of probabilities and the out-of-scope rule's scores (None without a rule),
+        ranked in one call for the whole batch. A text with nothing to classify (blank) is out of scope when
+        the bundle has an out-of-scope label, whatever the model says about its special tokens alone."""
         best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-        scores = np.take_along_axis(probs, best, axis=1).tolist()
+        top_scores = np.take_along_axis(probs, best, axis=1).tolist()
+        oos_scores: list[float | None] = [None] * len(probs) if scores is None else scores.tolist()
         answers = []
-        for ids, top, oos_score, empty in zip(best.tolist(), scores, oos_scores, blank, strict=True):
+        for ids, top, oos_score, empty in zip(best.tolist(), top_scores, oos_scores, blank, strict=True):
             ranked = [(self._labels[i], score) for i, score in zip(ids, top, strict=True)]
             label, score = ranked[0]
             if self._oos is not None and (empty or self._oos.rejects(oos_score)):
@@ -303,7 +304,7 @@ class Classifier:
         """Classify one text (see textguard for what happens to empty, huge or odd texts)."""
         _positive_int(top_k, "top_k")
         probs, scores, blank = self._probabilities([clean_text(text, self._max_chars, "predict()")], 1)
-        return self._predictions(probs, [None if scores is None else float(scores[0])], top_k, blank)[0]
+        return self._predictions(probs, scores, top_k, blank)[0]
 
     def predict_batch(self, texts: Iterable[str], batch_size: int = 32, top_k: int = 3) -> list[Prediction]:
         """Classify many texts, `batch_size` at a time; same answers as `predict` one by one, in order."""
@@ -311,8 +312,7 @@ class Classifier:
         _positive_int(batch_size, "batch_size")
         cleaned = clean_texts(texts, self._max_chars, "predict_batch")
         probs, scores, blank = self._probabilities(cleaned, batch_size)
-        oos_scores: list[float | None] = [None] * len(probs) if scores is None else scores.tolist()
-        return self._predictions(probs, oos_scores, top_k, blank)
+        return self._predictions(probs, scores, top_k, blank)
 
     def predict_proba(self, texts: Iterable[str], batch_size: int = 32) -> np.ndarray:
         """Softmax probabilities, float32 [len(texts), num_labels]; no out-of-scope threshold applied."""
