@@ -171,8 +171,12 @@ def frozen(built: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
 
 def run_binary(exe: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    """Run as a user would: from its own folder, no PYTHONPATH, no virtual environment on PATH."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(exe.parent)}
+    """Run as a user would: from its own folder, no PYTHONPATH, no virtual environment on PATH. It unpacks
+    into a folder beside it: a damaged executable stops mid-way and leaves its files (about 130 MB) there, in
+    pytest's temporary folders, instead of in the system's /tmp at every test run."""
+    unpack = exe.parent / "unpack"
+    unpack.mkdir(exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(exe.parent), "TMPDIR": str(unpack)}
     return subprocess.run(
         [str(exe), *args], input=stdin, capture_output=True, env=env, cwd=exe.parent, timeout=120, check=False
     )
