@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgepack_runtime import Classifier, Prediction, TextTypeError
+from edgepack_runtime.classifier import tokenize_on_one_thread
 from edgepack_runtime.textguard import CHARS_PER_TOKEN, replace_surrogates
 
 from . import tiny_onnx
@@ -144,9 +146,9 @@ class SpyTokenizer:
         self.lengths.append(len(text))
         return self.inner.encode(text)
 
-    def encode_batch(self, texts: list[str]) -> Any:
+    def encode_batch_fast(self, texts: list[str]) -> Any:
         self.lengths += [len(t) for t in texts]
-        return self.inner.encode_batch(texts)
+        return self.inner.encode_batch_fast(texts)
 
 
 def test_ten_megabyte_text_is_capped_before_tokenizing(bundle: Path) -> None:
@@ -200,6 +202,25 @@ def test_eight_threads_give_the_serial_results(shared_classifier: Classifier) ->
     for answers, batches in results:
         assert all(prediction == serial[i] for i, prediction in answers)
         assert np.array_equal(batches, serial_batches)
+
+
+def test_token_ids_are_the_tokenizers_own(shared_classifier: Classifier) -> None:
+    """The runtime's fast path (no character offsets) gives the ids encode() gives, one text or many."""
+    texts = [*TEXTS[:20], "", "   ", "Ünïcödé ß ﬁ", "a" * 3000]
+    rows, blank = shared_classifier._tokenize(texts)
+    expected = [shared_classifier._tokenizer.encode(t) for t in texts]
+    assert rows == [e.ids or [shared_classifier._pad_id] for e in expected]
+    assert blank == [0 not in e.special_tokens_mask for e in expected]
+    assert shared_classifier._tokenize(texts[:1])[0] == rows[:1]
+
+
+def test_tokenize_on_one_thread_keeps_the_users_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    tokenize_on_one_thread()
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    tokenize_on_one_thread()
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
 
 
 def test_threads_option(bundle: Path) -> None:

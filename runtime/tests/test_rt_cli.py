@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -97,6 +98,15 @@ def test_target_warning_is_one_line_and_strict_refuses(make_bundle: MakeBundle) 
     assert result.stderr.startswith("warning: bundle 'tiny'") and lacking[0] in result.stderr
     assert len(result.stdout.splitlines()) == 1
     clean_failure(run("verify", str(path), "--strict"), 1, "strict=True", lacking[0])
+
+
+@pytest.mark.parametrize(("threads", "expected"), [("1", "false"), ("2", None)])
+def test_one_thread_tokenizes_on_one_thread(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, threads: str, expected: str | None
+) -> None:
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    assert run("classify", str(bundle), "--threads", threads, "hi").exit_code == 0
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == expected
 
 
 def test_bench_table(bundle: Path) -> None:
