@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from edgepack_runtime import Classifier, bench
-from edgepack_runtime.classifier import feeds, tokenize_on_one_thread
+from edgepack_runtime.classifier import feeds, limit_tokenizer_threads
 from edgepack_runtime.data import load_labeled
 from edgepack_runtime.serve_process import RunningServer, ServerStartError, running_server
 
@@ -202,7 +202,7 @@ def _raw_batches(clf: Classifier, texts: list[str], batch_size: int) -> np.ndarr
 
 
 def batch_throughput(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
-    tokenize_on_one_thread()  # one thread: the tokenizers library's own pool would add the other cores
+    limit_tokenizer_threads(1)  # one thread: the tokenizers library's own pool would add the other cores
     clf = Classifier.load(args.bundle, threads=1)
     rates: dict[str, list[float]] = {"batch 1": [], f"batch {args.batch_size}": []}
     sweep: dict[int, list[float]] = {size: [] for size in sorted({*args.sweep, args.batch_size})}

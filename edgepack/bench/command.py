@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 from edgepack_runtime import BundleError
-from edgepack_runtime.classifier import tokenize_on_one_thread
+from edgepack_runtime.classifier import limit_tokenizer_threads
 
 from edgepack.bench import measure
 from edgepack.bench.contenders import Contender, InvalidBundle, bundle_teacher, load_contenders, read_manifest
@@ -177,8 +177,7 @@ def run(
     """Measure `bundles` with the options of `edgepack bench` (see its help), `default_data` standing in for
     a missing --data; the caller has checked the extra, --teacher against --no-teacher and the output folders."""
     _check_folders(bundles)
-    if threads == 1:  # the bundles' batches tokenized on one thread too, as the runtime's CLI does
-        tokenize_on_one_thread()
+    limit_tokenizer_threads(threads)  # the bundles' batches, as the runtime's CLI tokenizes them
     reading = _Reading(bundles[0], text_column, label_column, oos_label)
     source, pairs = _test_data(data, default_data, reading)
     if teacher is None and not no_teacher:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgepack_runtime import Classifier, Prediction, TextTypeError
-from edgepack_runtime.classifier import tokenize_on_one_thread
+from edgepack_runtime.classifier import limit_tokenizer_threads
 from edgepack_runtime.textguard import CHARS_PER_TOKEN, replace_surrogates
 
 from . import tiny_onnx
@@ -214,12 +214,14 @@ def test_token_ids_are_the_tokenizers_own(shared_classifier: Classifier) -> None
     assert shared_classifier._tokenize(texts[:1])[0] == rows[:1]
 
 
-def test_tokenize_on_one_thread_keeps_the_users_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_limit_tokenizer_threads_keeps_the_users_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
-    tokenize_on_one_thread()
+    limit_tokenizer_threads(2)
+    assert "TOKENIZERS_PARALLELISM" not in os.environ
+    limit_tokenizer_threads(1)
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
-    tokenize_on_one_thread()
+    limit_tokenizer_threads(1)
     assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
 
 

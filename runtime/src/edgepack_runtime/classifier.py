@@ -81,11 +81,13 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def tokenize_on_one_thread() -> None:
-    """Tokenize batches on the calling thread. The tokenizers library otherwise spreads each batch over its
-    own pool of one thread per core (TOKENIZERS_PARALLELISM; a value the user set wins). Process-wide, so
-    for programs' entry points: `edgepack-run` at --threads 1 and its server, one-thread benchmarks."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def limit_tokenizer_threads(threads: int) -> None:
+    """At `threads` = 1, one thread means one core: tokenize batches on the calling thread too. The tokenizers
+    library otherwise spreads each batch over its own pool of one thread per core (TOKENIZERS_PARALLELISM; a
+    value the user set wins). Process-wide, so for programs' entry points: `edgepack-run` and its server, the
+    frozen executable, one-thread benchmarks."""
+    if threads == 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def feeds(

@@ -101,10 +101,9 @@ def _public_key(path: Path | None) -> PublicKey | None:
 def _load(bundle: Path, threads: int, strict: bool, public_key: Path | None = None) -> Classifier:
     """Load a bundle (its signature checked with public_key when given); a BundleError becomes a clean CLI
     error, target warnings a 'warning:' line."""
-    from edgepack_runtime.classifier import Classifier, tokenize_on_one_thread
+    from edgepack_runtime.classifier import Classifier, limit_tokenizer_threads
 
-    if threads == 1:  # one thread means one core, tokenization included (the server's workers inherit it)
-        tokenize_on_one_thread()
+    limit_tokenizer_threads(threads)  # the server's workers inherit it
     key = _public_key(public_key)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgepack_runtime import __version__
-from edgepack_runtime.classifier import Classifier, tokenize_on_one_thread
+from edgepack_runtime.classifier import Classifier, limit_tokenizer_threads
 from edgepack_runtime.errors import BundleError
 
 EMBEDDED = "bundle"  # the folder the bundle is unpacked to, under sys._MEIPASS
@@ -109,8 +109,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def _load(folder: Path, threads: int, err: IO[str], public_key: bytes | None = None) -> Classifier:
     """Verify and load the bundle (and its signature, with a public key); CPU-target warnings become
     'warning:' lines on stderr."""
-    if threads == 1:  # one thread means one core, tokenization included (as edgepack-run)
-        tokenize_on_one_thread()
+    limit_tokenizer_threads(threads)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         clf = Classifier.load(folder, threads=threads, public_key=public_key)
